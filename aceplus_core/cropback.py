@@ -1,0 +1,133 @@
+"""Crop the generated target out of the decoded canvas and put it back into the original image.
+
+``crop_mode="target"`` (ours): cut ``layout.target_box``, resize it to the source crop, place it at
+the original size and, with ``composite=True``, take every pixel outside the edit mask from the
+original image, bit for bit.
+
+``crop_mode="release"`` / ``"release_fft"``: what the released ComfyUI graphs produce, for parity
+checks only. They cut at ``x0`` and keep the rest of the canvas as is (no resize, no composite), so
+the output is smaller than the input:
+  release (LoRA processor): ``x0 = slice_w + 30 if slice_w >= 30 else slice_w``
+  release_fft (FFT processor): ``x0 = slice_w if slice_w > 30 else slice_w + 30`` (so 30 px are cut
+  even without a reference)
+where ``slice_w`` is the release's reference strip width after the budget (``layout.slice_w``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .layout import CanvasLayout
+from .tensors import MID_GREY, binarize_mask, check_image, check_mask, resize_image
+
+logger = logging.getLogger(__name__)
+
+RELEASE_SEAM = 30  # px the released processors add to slice_w
+
+
+def release_crop_x(layout: CanvasLayout, crop_mode: str) -> int:
+    s = layout.slice_w
+    if crop_mode == "release":
+        return s + RELEASE_SEAM if s >= RELEASE_SEAM else s
+    return s if s > RELEASE_SEAM else s + RELEASE_SEAM
+
+
+def feather_alpha(mask: torch.Tensor, feather: int) -> torch.Tensor:
+    """Blend weight inside a hard mask: ``alpha = min(d, f + 1) / (f + 1)``.
+
+    d is the chessboard distance (in px, >= 1 inside the mask) to the nearest unmasked pixel,
+    counted by repeated 3x3 erosions; outside the mask alpha = 0, deeper than ``feather`` px it is
+    1. The image border counts as masked, so masks touching the border are not faded there.
+    """
+    acc = mask.clone()
+    eroded = mask
+    for _ in range(feather):
+        # erode(m) = -maxpool(-m): max-pool pads with -inf, i.e. outside the image counts as masked
+        eroded = -F.max_pool2d(-eroded, kernel_size=3, stride=1, padding=1)
+        acc += eroded
+        if not bool(eroded.any()):
+            break
+    return acc / (feather + 1)
+
+
+def crop_back(decoded: torch.Tensor, layout: CanvasLayout, original_image: Optional[torch.Tensor] = None,
+              original_mask: Optional[torch.Tensor] = None, *, composite: bool = True, feather: int = 0,
+              crop_mode: Optional[str] = None) -> torch.Tensor:
+    """decoded: B, 3, h, w VAE decode of the canvas -> B, 3, original_h, original_w in [0, 1].
+
+    ``original_image`` (1|B, 3, H, W) and ``original_mask`` (1|B, 1, H, W, at the original size, the
+    mask given to ``build_canvas``; binarised at > 0.5, all-zero means all-ones) drive the composite:
+    ``out = where(mask, generated, original)`` so unmasked pixels are returned unchanged. Pixels
+    outside ``layout.source_crop`` (aspect crop) always come from the original (grey without one).
+    ``feather`` > 0 fades the generated content in over that many px INSIDE the mask.
+    """
+    mode = layout.crop_mode if crop_mode is None else crop_mode
+    decoded = check_image(decoded, "decoded")
+    if not isinstance(feather, int) or feather < 0:
+        raise ValueError(f"feather must be a non-negative integer (px), got {feather!r}.")
+    H, W = layout.canvas_h, layout.canvas_w
+    if tuple(decoded.shape[-2:]) != (H, W):
+        logger.info("decoded image %s differs from the canvas %dx%d; resizing", tuple(decoded.shape[-2:]), H, W)
+        decoded = resize_image(decoded, (H, W), "area")
+
+    if mode in ("release", "release_fft"):
+        x0 = min(release_crop_x(layout, mode), W - 1)
+        return decoded[:, :, :, x0:].clamp(0.0, 1.0)
+    if mode != "target":
+        raise ValueError(f"Unknown crop_mode {mode!r}; use 'target', 'release' or 'release_fft'.")
+
+    rows, cols = layout.target_box.slices()
+    sc = layout.source_crop
+    gen = resize_image(decoded[:, :, rows, cols], (sc.h, sc.w), "area").clamp(0.0, 1.0)  # B, 3, ch, cw
+    B, oh, ow = gen.shape[0], layout.original_h, layout.original_w
+    full_crop = (sc.x, sc.y, sc.w, sc.h) == (0, 0, ow, oh)
+
+    orig = None
+    if original_image is not None:
+        check_image(original_image, "original_image")
+        # keep the caller's tensor (and dtype): unmasked pixels are copied from it bit for bit
+        orig = original_image if original_image.ndim == 4 else original_image.unsqueeze(0)
+        if tuple(orig.shape[-2:]) != (oh, ow):
+            raise ValueError(
+                f"original_image is {tuple(orig.shape[-2:])} (H, W) but the layout was built from a "
+                f"{oh}x{ow} image; pass the same image that went into build_canvas."
+            )
+        if orig.shape[0] != B and 1 not in (orig.shape[0], B):
+            raise ValueError(f"original_image batch {orig.shape[0]} does not match the decoded batch {B}.")
+        B = max(B, orig.shape[0])
+
+    # Generated content placed at the original size (outside the source crop: original or grey).
+    if full_crop:
+        placed = gen
+    else:
+        base = orig.float() if orig is not None else torch.full((1, 3, oh, ow), MID_GREY, device=gen.device)
+        placed = base.expand(B, 3, oh, ow).clone()
+        placed[:, :, sc.y:sc.y + sc.h, sc.x:sc.x + sc.w] = gen
+    if not composite or orig is None:
+        return placed.expand(B, 3, oh, ow).contiguous() if placed.shape[0] != B else placed
+
+    if original_mask is None:
+        m = torch.ones((1, 1, oh, ow), device=gen.device)
+    else:
+        m = check_mask(original_mask, "original_mask")
+        if tuple(m.shape[-2:]) != (oh, ow):
+            raise ValueError(
+                f"original_mask is {tuple(m.shape[-2:])} (H, W) but the original image is {oh}x{ow}; "
+                "pass the mask that went into build_canvas."
+            )
+        m = binarize_mask(m)
+    if not full_crop:  # the model never saw pixels outside the crop: keep them
+        inside = torch.zeros((1, 1, oh, ow), device=m.device)
+        inside[:, :, sc.y:sc.y + sc.h, sc.x:sc.x + sc.w] = 1.0
+        m = m * inside
+    placed = placed.to(orig.dtype)
+    if feather > 0:
+        alpha = feather_alpha(m, feather)
+        # inside the mask: lerp(original, generated, alpha); outside: exactly the original
+        blended = torch.lerp(orig, placed, alpha.to(orig.dtype))
+        return torch.where(m > 0.5, blended, orig)
+    return torch.where(m > 0.5, placed, orig)

@@ -1,0 +1,180 @@
+"""Pixel stitching of the LCU++ canvas for both token policies.
+
+Inputs arrive validated (see ``canvas.build_canvas``): float32 images B, 3, H, W, hard masks
+B, 1, H, W in {0, 1}, references with batch 1 or B. Outputs are freshly allocated tensors.
+
+Repainting, in [0, 1] terms: ``canvas = 0.5 + (edit - 0.5) * (1 - mask * repainting_scale)``,
+which is the release's ``edit * (1 - mask * s)`` on images in [-1, 1] (0 there is mid grey).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .budget import (PATCH, plan_official, plan_reference_cells, plan_target_size)
+from .layout import Box
+from .tensors import MID_GREY, resize_image, resize_mask
+
+
+@dataclass
+class Stitched:
+    image: torch.Tensor             # B, 3, H, W  condition canvas (masked area blanked)
+    mask: torch.Tensor              # B, 1, H, W  1 = generate
+    target: Optional[torch.Tensor]  # B, 3, H, W  un-blanked canvas
+    target_box: Box
+    reference_boxes: Tuple[Box, ...]
+    reference_content_boxes: Tuple[Box, ...]
+    release_slice_w: Optional[int]
+
+
+def blank(image: torch.Tensor, mask: torch.Tensor, repainting_scale: float) -> torch.Tensor:
+    """``0.5 + (image - 0.5) * (1 - mask * s)``: s = 1 greys the masked area, s = 0 keeps it."""
+    if repainting_scale == 0.0:
+        return image
+    return (image - MID_GREY).mul_(1.0 - mask * repainting_scale).add_(MID_GREY)
+
+
+def _jitter_heights(n: int, canvas_h: int, jitter: Optional[Tuple[float, float]],
+                    generator: Optional[torch.Generator]) -> Optional[list]:
+    """Training: each reference's content height ~ U{int(lo*H), ..., int(hi*H)} (release: H/3..H)."""
+    if jitter is None or n == 0:
+        return None
+    lo, hi = max(1, int(jitter[0] * canvas_h)), max(1, int(jitter[1] * canvas_h))
+    draws = torch.randint(lo, hi + 1, (n,), generator=generator)
+    return [int(v) for v in draws]
+
+
+# --------------------------------------------------------------------------------------------
+# target_first
+
+
+def stitch_target_first(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequence[torch.Tensor],
+                        *, edit_hw: Tuple[int, int], batch: int, repainting_scale: float,
+                        reference_fit: str, max_tokens: int, target_tokens: int,
+                        target_image: Optional[torch.Tensor], with_target: bool,
+                        jitter: Optional[Tuple[float, float]],
+                        generator: Optional[torch.Generator]) -> Stitched:
+    th, tw = plan_target_size(edit_hw, len(refs), max_tokens=max_tokens, target_tokens=target_tokens)
+    max_cols = max_tokens // (th // PATCH)            # 16-px columns the budget allows at this height
+    width_budget = (max_cols - tw // PATCH) * PATCH   # pixels left for the reference strip
+    heights = _jitter_heights(len(refs), th, jitter, generator)
+    cells = plan_reference_cells([tuple(r.shape[-2:]) for r in refs], th, width_budget,
+                                 fit=reference_fit, content_heights=heights)
+    strip_w = sum(c.cell_w for c in cells)
+    canvas_w = strip_w + tw
+
+    device = mask.device
+    image = torch.full((batch, 3, th, canvas_w), MID_GREY, device=device)       # B, 3, H, W
+    canvas_mask = torch.zeros((batch, 1, th, canvas_w), device=device)          # B, 1, H, W
+    target = None
+
+    ref_boxes, content_boxes = [], []
+    x = 0
+    for ref, cell in zip(refs, cells):
+        content = resize_image(ref, (cell.content_h, cell.content_w), "area")  # 1|B, 3, ch, cw
+        y0, x0 = cell.top, x + cell.left
+        image[:, :, y0:y0 + cell.content_h, x0:x0 + cell.content_w] = content
+        ref_boxes.append(Box(x, 0, cell.cell_w, th))
+        content_boxes.append(Box(x0, y0, cell.content_w, cell.content_h))
+        x += cell.cell_w
+
+    # Target region: antialiased resize for the image, nearest-exact for the mask.
+    m = resize_mask(mask, (th, tw))                                              # 1|B, 1, th, tw
+    canvas_mask[:, :, :, strip_w:] = m
+    if edit is None:
+        region = torch.full((1, 3, th, tw), MID_GREY, device=device)
+    else:
+        region = resize_image(edit, (th, tw), "area")                          # B, 3, th, tw
+    if with_target:
+        target = image.clone() if strip_w else torch.empty_like(image)
+        if target_image is not None:
+            target[:, :, :, strip_w:] = resize_image(target_image, (th, tw), "area")
+        else:
+            target[:, :, :, strip_w:] = region
+    if repainting_scale != 0.0:
+        region = blank(region.clone() if region is edit else region, m, repainting_scale)
+    image[:, :, :, strip_w:] = region
+    return Stitched(image, canvas_mask, target, Box(strip_w, 0, tw, th), tuple(ref_boxes),
+                    tuple(content_boxes), None)
+
+
+# --------------------------------------------------------------------------------------------
+# official
+
+
+def _nearest_source_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """Source index of each output row/col under nearest-exact resizing, read from torch itself
+    (an index ramp through F.interpolate), so the layout matches the resized pixels exactly."""
+    ramp = torch.arange(n_in, dtype=torch.float32, device=device).view(1, 1, 1, n_in)
+    return F.interpolate(ramp, size=(1, n_out), mode="nearest-exact").view(n_out)
+
+
+def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequence[torch.Tensor],
+                    *, edit_hw: Tuple[int, int], batch: int, repainting_scale: float,
+                    reference_fit: str, max_tokens: int, target_image: Optional[torch.Tensor],
+                    with_target: bool, jitter: Optional[Tuple[float, float]],
+                    generator: Optional[torch.Generator]) -> Stitched:
+    """Release parity: stitch at the edit resolution, then nearest-exact resize the whole canvas.
+
+    The layout's boxes are where the pixels really land after that resize (read from the
+    nearest-exact index map), not the release's ``slice_w`` (kept as ``release_slice_w``), which
+    can be off by up to 15 px because it is floored separately.
+    """
+    eh, ew = edit_hw
+    heights = _jitter_heights(len(refs), eh, jitter, generator)
+    plan = plan_official(edit_hw, [tuple(r.shape[-2:]) for r in refs], fit=reference_fit,
+                         max_tokens=max_tokens, content_heights=heights)
+    device = mask.device
+    H, W = plan.canvas_h, plan.canvas_w
+    S = plan.slice_w_full
+
+    def full_canvas(right: Optional[torch.Tensor]) -> torch.Tensor:
+        full = torch.full((batch, 3, plan.full_h, plan.full_w), MID_GREY, device=device)
+        x = 0
+        for ref, (h, w), top in zip(refs, plan.ref_sizes, plan.ref_tops):
+            # release: antialiased bilinear fit of the reference, grey (0) padding
+            full[:, :, top:top + h, x:x + w] = resize_image(ref, (h, w), "bilinear")
+            x += w
+        if right is not None:
+            full[:, :, :, S:] = right
+        return full
+
+    # Nearest-exact commutes with per-pixel maths, so resizing the un-blanked canvas and the mask
+    # and blanking afterwards gives the release's pixels (it blanks first, then resizes).
+    small = F.interpolate(full_canvas(edit), size=(H, W), mode="nearest-exact")  # B, 3, H, W
+    full_mask = torch.zeros((mask.shape[0], 1, plan.full_h, plan.full_w), device=device)
+    full_mask[:, :, :, S:] = mask
+    canvas_mask = resize_mask(full_mask, (H, W)).expand(batch, 1, H, W).contiguous()
+
+    target = None
+    if with_target:
+        if target_image is not None:
+            target = F.interpolate(full_canvas(target_image), size=(H, W), mode="nearest-exact")
+        else:
+            target = small.clone()
+    image = blank(small, canvas_mask, repainting_scale)
+
+    cols = _nearest_source_index(plan.full_w, W, device)
+    rows = _nearest_source_index(plan.full_h, H, device)
+
+    def first_col(a: int) -> int:  # first output column whose source column is >= a
+        return int((cols < a).sum())
+
+    def first_row(a: int) -> int:
+        return int((rows < a).sum())
+
+    ref_boxes, content_boxes = [], []
+    a = 0
+    for (h, w), top in zip(plan.ref_sizes, plan.ref_tops):
+        x0, x1 = first_col(a), first_col(a + w)
+        y0, y1 = first_row(top), first_row(top + h)
+        ref_boxes.append(Box(x0, 0, x1 - x0, H))
+        content_boxes.append(Box(x0, y0, x1 - x0, y1 - y0))
+        a += w
+    xs = first_col(S)
+    return Stitched(image, canvas_mask, target, Box(xs, 0, W - xs, H), tuple(ref_boxes),
+                    tuple(content_boxes), plan.release_slice_w)
