@@ -1,0 +1,202 @@
+"""The caching pass: canvases -> VAE latents and prompts -> text embeddings, on disk.
+
+Training then holds only the DiT (no VAE, no 9.5 GB of T5). One file per (sample, variant):
+``<key>.safetensors`` with
+
+- ``x0``     16, h, w   normalised latent of the un-blanked canvas ``[refs | target]`` (the x0)
+- ``cond``   16|32, h, w normalised condition latent(s): Fill = the blanked canvas; FFT = edit, modify
+- ``mask``   1, H, W    canvas mask in {0, 1} (1 = generate), pixel resolution (H = 8 h)
+- ``ctx``    L, D       text-encoder sequence (T5-XXL: L <= 512, D = 4096)
+- ``pooled`` P          pooled vector (CLIP-L: 768)
+
+and the canvas layout as JSON metadata. The key hashes everything that changes the content
+(sample paths + mtimes, canvas options, VAE/TE identity, variant), so an edited dataset or
+option re-encodes only what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import Config, ConfigError
+from .data import Sample, load_sample_tensors
+
+log = logging.getLogger(__name__)
+
+STUB_TEXT_LEN = 8
+
+
+def cache_root(cfg: Config) -> Path:
+    return Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.run.output_dir) / "cache"
+
+
+def _stat(p: str) -> list:
+    st = os.stat(p)
+    return [p, st.st_size, st.st_mtime_ns]
+
+
+def entry_key(cfg: Config, s: Sample, variant: int) -> str:
+    te = ["stub", cfg.model.dit] if cfg.model.text_encoder == "stub_test_only" else [cfg.model.clip_l, cfg.model.t5xxl]
+    ident = {
+        "files": [_stat(p) for p in (s.target_image, s.edit_image, s.edit_mask, *s.references) if p],
+        "prompt": s.prompt, "canvas": dataclasses.asdict(cfg.canvas), "kind": cfg.model.kind,
+        "vae": cfg.model.vae, "te": te, "variant": variant, "seed": cfg.run.seed, "v": 1,
+    }
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def build_sample_canvas(cfg: Config, s: Sample, variant: int, training: bool = True):
+    """The canvas of one sample, exactly as the nodes build it (plus the release's height jitter)."""
+    from aceplus_core import build_canvas
+
+    t = load_sample_tensors(s)
+    c = cfg.canvas
+    gen = torch.Generator().manual_seed(int(hashlib.sha1(f"{cfg.run.seed}/{s.row}/{variant}".encode())
+                                            .hexdigest()[:8], 16))
+    jitter = tuple(c.reference_height_jitter) if (training and c.reference_height_jitter) else None
+    size = None if t["edit"] is not None else tuple(t["target"].shape[-2:])
+    return t, build_canvas(
+        t["edit"], t["mask"], t["refs"], size=size, repainting_scale=c.repainting_scale,
+        reference_fit=c.reference_fit, policy=c.policy, max_tokens=c.max_tokens, target_tokens=c.target_tokens,
+        max_aspect=c.max_aspect, aspect_mode=c.aspect_mode, target_image=t["target"],
+        reference_height_jitter=jitter, generator=gen)
+
+
+class Encoders:
+    """VAE + text encoder, loaded through ComfyUI's loaders, only for the caching pass."""
+
+    def __init__(self, cfg: Config, dit_shapes: dict):
+        import comfy.sd
+        import comfy.utils
+
+        self.cfg = cfg
+        if not cfg.model.vae or not Path(cfg.model.vae).is_file():
+            raise ConfigError(f"model.vae {cfg.model.vae!r} does not exist; set it to the FLUX VAE "
+                              "(ComfyUI/models/vae/ae.safetensors).")
+        self.vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.model.vae))
+        self.ctx_dim = dit_shapes["txt_in.weight"][1]
+        self.vec_dim = dit_shapes["vector_in.in_layer.weight"][1] if "vector_in.in_layer.weight" in dit_shapes else 768
+        self.clip = None
+        if cfg.model.text_encoder == "comfy":
+            for key in ("clip_l", "t5xxl"):
+                p = getattr(cfg.model, key)
+                if not p or not Path(p).is_file():
+                    raise ConfigError(f"model.{key} {p!r} does not exist; set it to the {key} text encoder file "
+                                      "(ComfyUI/models/text_encoders), or use model.text_encoder = "
+                                      "'stub_test_only' for tests.")
+            self.clip = comfy.sd.load_clip(ckpt_paths=[cfg.model.clip_l, cfg.model.t5xxl],
+                                           clip_type=comfy.sd.CLIPType.FLUX)
+        else:
+            log.warning("model.text_encoder = 'stub_test_only': prompts become seeded random embeddings. "
+                        "TEST ONLY: a model trained like this ignores its prompts.")
+
+    @torch.no_grad()
+    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
+        """B, 3, H, W in [0, 1] -> normalised latent B, 16, H/8, W/8 (``0.3611 * (z - 0.1159)``)."""
+        from aceplus_core.lcu import normalize_latent
+
+        z = self.vae.encode(img.permute(0, 2, 3, 1))  # ComfyUI VAE takes B, H, W, C
+        return normalize_latent(z.float().cpu())
+
+    @torch.no_grad()
+    def encode_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.clip is None:
+            seed = int(hashlib.sha1(prompt.encode()).hexdigest()[:8], 16)
+            g = torch.Generator().manual_seed(seed)
+            return torch.randn(STUB_TEXT_LEN, self.ctx_dim, generator=g), torch.randn(self.vec_dim, generator=g)
+        cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
+        if cond.shape[-1] != self.ctx_dim:
+            raise ConfigError(f"The text encoder gives {cond.shape[-1]} features but the DiT's txt_in takes "
+                              f"{self.ctx_dim}; use the T5-XXL that matches the model.")
+        return cond[0].float().cpu(), pooled[0].float().cpu()
+
+
+def encode_sample(enc: Encoders, cfg: Config, s: Sample, variant: int) -> tuple[dict, dict]:
+    from aceplus_core.lcu import fft_condition_images
+
+    _, canvas = build_sample_canvas(cfg, s, variant)
+    x0 = enc.encode_image(canvas.target)[0]
+    if cfg.model.kind == "fill":
+        cond = enc.encode_image(canvas.image)[0]
+    else:
+        edit, modify = fft_condition_images(canvas.image, canvas.mask)
+        cond = torch.cat([enc.encode_image(edit)[0], enc.encode_image(modify)[0]], 0)
+    ctx, pooled = enc.encode_text(s.prompt)
+    tensors = {"x0": x0.contiguous(), "cond": cond.contiguous(), "mask": canvas.mask[0].contiguous().float(),
+               "ctx": ctx.contiguous(), "pooled": pooled.contiguous()}
+    layout = dataclasses.asdict(canvas.layout)
+    return tensors, {"layout": json.dumps(layout), "row": str(s.row)}
+
+
+def run_cache_pass(cfg: Config, samples: list[Sample], dit_shapes: dict, is_main: bool = True) -> list[dict]:
+    """Encode what is missing; returns the index: [{key, sample, variant, h, w}] (h, w: canvas px)."""
+    root = cache_root(cfg)
+    keys = [(i, v, entry_key(cfg, s, v)) for i, s in enumerate(samples) for v in range(cfg.canvas.variants)]
+    todo = [(i, v, k) for i, v, k in keys if not (root / f"{k}.safetensors").exists()]
+    if todo and is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        log.info("caching %d of %d entries into %s", len(todo), len(keys), root)
+        enc = Encoders(cfg, dit_shapes)
+        for i, v, k in todo:
+            tensors, meta = encode_sample(enc, cfg, samples[i], v)
+            tmp = root / f".{k}.tmp"
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, root / f"{k}.safetensors")  # atomic: a killed pass leaves no torn entry
+        del enc
+    return keys
+
+
+def read_index(cfg: Config, keys: list[tuple[int, int, str]]) -> list[dict]:
+    root = cache_root(cfg)
+    index = []
+    for i, v, k in keys:
+        path = root / f"{k}.safetensors"
+        if not path.exists():
+            raise ConfigError(f"cache entry {path} is missing; run the caching pass (it runs on the main process).")
+        with safe_open(str(path), "pt") as f:
+            layout = json.loads(f.metadata()["layout"])
+        index.append({"key": k, "sample": i, "variant": v, "h": layout["canvas_h"], "w": layout["canvas_w"],
+                      "path": str(path)})
+    return index
+
+
+def load_entry(path: str) -> tuple[dict, dict]:
+    from aceplus_core.layout import Box, CanvasLayout
+
+    tensors = {}
+    with safe_open(path, "pt") as f:
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+        lay = json.loads(f.metadata()["layout"])
+    for k in ("target_box", "source_crop"):
+        lay[k] = Box(**lay[k])
+    for k in ("reference_boxes", "reference_content_boxes"):
+        lay[k] = tuple(Box(**b) for b in lay[k])
+    return tensors, CanvasLayout(**lay)
+
+
+def load_batch(paths: list[str]) -> tuple[dict, list]:
+    """Stack entries of one bucket: x0 B,16,h,w; cond B,C,h,w; mask B,1,H,W; ctx B,L,D (same L assumed)."""
+    items = [load_entry(p) for p in paths]
+    out = {}
+    for k in items[0][0]:
+        ts = [it[0][k] for it in items]
+        if k == "ctx" and len({t.shape[0] for t in ts}) > 1:  # pad text to the longest (zeros = padding)
+            L = max(t.shape[0] for t in ts)
+            ts = [torch.cat([t, t.new_zeros(L - t.shape[0], t.shape[1])]) for t in ts]
+        out[k] = torch.stack(ts)
+    return out, [it[1] for it in items]
+
+
+def prompt_of(samples: list[Sample], i: int) -> Optional[str]:
+    return samples[i].prompt if 0 <= i < len(samples) else None

@@ -1,0 +1,125 @@
+"""Tiny models and synthetic datasets for the trainer's tests and CPU benchmarks (never for real runs).
+
+The synthetic task "copy the reference into the mask": each sample has a random-colour-block
+reference R, an edit image E (other blocks) with a rectangular mask M, and the target
+T = E outside M and R (resized to the box) inside M. The prompt is constant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_flux_file(path: Path, kind: str = "fill", hidden: int = 256, depth: int = 1, depth_single: int = 1,
+                   seed: int = 0) -> Path:
+    """A random BFL-key FLUX file (hidden = 128 x heads; context 64, pooled 768) for ``model.num_heads = 0``."""
+    import torch
+    from safetensors.torch import save_file
+
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from fixtures import flux_state_dict
+
+    if not path.exists():
+        ch = {"fill": 96, "fft": 112, "dev": 16}[kind]
+        sd = flux_state_dict(ch, depth=depth, depth_single=depth_single, hidden=hidden, seed=seed,
+                             dtype=torch.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(path))
+    return path
+
+
+def _blocks(rng: np.random.Generator, size: int) -> np.ndarray:
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:] = rng.integers(0, 256, 3)
+    for _ in range(3):
+        y, x = rng.integers(0, size - size // 4, 2)
+        h, w = rng.integers(size // 4, size // 2 + 1, 2)
+        img[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+    return img
+
+
+def write_copy_dataset(root: Path, n: int = 4, size: int = 64, fmt: str = "jsonl", seed: int = 0,
+                       data_type: str = "subject") -> Path:
+    """n samples of the copy-reference-into-mask task; returns the manifest path (jsonl or release csv)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        ref, edit = _blocks(rng, size), _blocks(rng, size)
+        m = np.zeros((size, size), np.uint8)
+        y0, x0 = size // 4, size // 4
+        m[y0:y0 + size // 2, x0:x0 + size // 2] = 255
+        box = np.asarray(Image.fromarray(ref).resize((size // 2, size // 2), Image.BILINEAR))
+        tgt = edit.copy()
+        tgt[y0:y0 + size // 2, x0:x0 + size // 2] = box
+        names = {}
+        for key, arr in (("ref", ref), ("edit", edit), ("mask", m), ("target", tgt)):
+            names[key] = f"{key}_{i}.png"
+            Image.fromarray(arr).save(root / names[key])
+        rows.append({"edit_image": names["edit"], "edit_mask": names["mask"], "references": [names["ref"]],
+                     "target_image": names["target"], "prompt": "copy the reference into the mask",
+                     "data_type": data_type})
+    if fmt == "jsonl":
+        path = root / "train.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path = root / "train.csv"
+        lines = ["edit_image#;#edit_mask#;#ref_image#;#target_image#;#prompt#;#data_type"]
+        lines += ["#;#".join([r["edit_image"], r["edit_mask"], r["references"][0], r["target_image"], r["prompt"],
+                              r["data_type"]]) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def base_config(dit: Path, vae: Path, manifest: Path, out: Path, **sections) -> dict:
+    """A small CPU config dict for tests/benchmarks (stub text encoder: TEST ONLY)."""
+    cfg = {
+        "run": {"output_dir": str(out), "max_steps": 4, "save_every": 0, "seed": 1},
+        "model": {"dit": str(dit), "vae": str(vae), "text_encoder": "stub_test_only", "kind": "fill"},
+        "lora": {"rank": 4, "alpha": 4.0},
+        "data": {"manifest": str(manifest)},
+        "canvas": {"max_tokens": 64, "target_tokens": 16},
+        "train": {},
+    }
+    for sec, vals in sections.items():
+        cfg.setdefault(sec, {}).update(vals)
+    return cfg
+
+
+def tiny_vae_file(path: Path, seed: int = 0) -> Path:
+    """A TAESD-layout 16-channel VAE with every weight initialised (seeded), FLUX scale/shift.
+
+    (ComfyUI builds TAESD with weight-init disabled, so a freshly constructed one holds
+    uninitialised memory, NaN included; ``tests/fixtures.tiny_vae`` inherits that.)
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    import comfy.taesd.taesd as taesd
+
+    if not path.exists():
+        g = torch.Generator().manual_seed(seed)
+        model = taesd.TAESD(latent_channels=16)
+        sd = {}
+        for k, v in model.state_dict().items():
+            if k.endswith("bias"):
+                sd[k] = torch.zeros(v.shape)
+            elif v.ndim > 1:
+                fan_in = v[0].numel()
+                sd[k] = torch.randn(v.shape, generator=g) * (1.0 / fan_in) ** 0.5
+            else:
+                sd[k] = v.clone()
+        sd["vae_scale"] = torch.tensor(0.3611)
+        sd["vae_shift"] = torch.tensor(0.1159)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(sd, str(path))
+    return path
