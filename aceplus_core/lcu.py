@@ -127,26 +127,24 @@ def region_weights(layout: CanvasLayout, ref_weight: float = 1.0, target_weight:
 
     Reference cells -> ``ref_weight``, target box -> ``target_weight``; with ``unmasked_weight``,
     target tokens whose 16x16 patch has no masked pixel (``mask_px`` B|1, 1, H, W canvas mask) get
-    ``unmasked_weight``. Weights are built per pixel and averaged per 16x16 patch, so a token that
-    straddles a boundary (possible only with the official policy) gets the area-weighted mean.
+    ``unmasked_weight``. A token column that straddles the reference/target boundary (possible
+    only with the official policy) gets ``f * w_target + (1 - f) * ref_weight``, f = its fraction
+    of target pixels.
     """
     H, W = layout.canvas_h, layout.canvas_w
-    px = torch.empty(1, 1, H, W)
-    for box in layout.reference_boxes:
-        px[:, :, :, box.x:box.x1] = ref_weight
+    h, w = H // 16, W // 16
+    device = mask_px.device if mask_px is not None else torch.device("cpu")
     tb = layout.target_box
-    px[:, :, :, tb.x:tb.x1] = target_weight
+    x0 = torch.arange(w, device=device) * 16
+    overlap = (torch.clamp(x0 + 16, max=tb.x1) - torch.clamp(x0, min=tb.x)).clamp(min=0)
+    frac = (overlap.float() / 16.0).view(1, 1, w)                          # 1, 1, w   target share
+    tgt = torch.full((1, h, w), float(target_weight), device=device)       # 1, h, w
     if unmasked_weight is not None:
         if mask_px is None:
             raise ValueError("unmasked_weight needs mask_px (the canvas mask, B, 1, H, W).")
         if tuple(mask_px.shape[-2:]) != (H, W):
             raise ValueError(f"mask_px is {tuple(mask_px.shape[-2:])}, the canvas is {H}x{W}.")
-        px = px.to(mask_px.device)
-        # a token is "unmasked" when the max of its 16x16 patch is 0; broadcast back to pixels
-        any_masked = F.max_pool2d((mask_px > 0.5).float(), 16)              # B, 1, H/16, W/16
-        any_masked = F.interpolate(any_masked, scale_factor=16.0, mode="nearest")
-        in_target = torch.zeros(1, 1, H, W, device=mask_px.device)
-        in_target[:, :, :, tb.x:tb.x1] = 1.0
-        px = torch.where((in_target > 0) & (any_masked == 0), torch.full_like(px, unmasked_weight), px)
-    w = F.avg_pool2d(px, 16)                                               # B, 1, H/16, W/16
-    return w.flatten(1)
+        any_masked = F.max_pool2d((mask_px > 0.5).float(), 16)[:, 0]     # B, h, w
+        tgt = torch.where(any_masked > 0, tgt, torch.full_like(tgt, float(unmasked_weight)))
+    weights = torch.where(frac >= 1.0, tgt, frac * tgt + (1.0 - frac) * float(ref_weight))
+    return weights.flatten(1)                                              # B|1, T

@@ -31,11 +31,19 @@ class Stitched:
     release_slice_w: Optional[int]
 
 
-def blank(image: torch.Tensor, mask: torch.Tensor, repainting_scale: float) -> torch.Tensor:
-    """``0.5 + (image - 0.5) * (1 - mask * s)``: s = 1 greys the masked area, s = 0 keeps it."""
+def blank_(region: torch.Tensor, mask: torch.Tensor, repainting_scale: float) -> torch.Tensor:
+    """In place on ``region`` (a canvas slice we own): ``0.5 + (x - 0.5) * (1 - m * s)``.
+
+    ``mask`` is hard (0/1), so this is ``where(m, x * (1 - s) + 0.5 * s, x)``: pixels outside the
+    mask are left bit-exact, and with s = 1 the masked ones become exactly 0.5.
+    """
     if repainting_scale == 0.0:
-        return image
-    return (image - MID_GREY).mul_(1.0 - mask * repainting_scale).add_(MID_GREY)
+        return region
+    hard = (mask > 0.5).expand_as(region)
+    if repainting_scale == 1.0:
+        return region.masked_fill_(hard, MID_GREY)
+    mixed = region * (1.0 - repainting_scale) + MID_GREY * repainting_scale
+    return region.copy_(torch.where(hard, mixed, region))
 
 
 def _jitter_heights(n: int, canvas_h: int, jitter: Optional[Tuple[float, float]],
@@ -68,36 +76,40 @@ def stitch_target_first(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: 
     canvas_w = strip_w + tw
 
     device = mask.device
-    image = torch.full((batch, 3, th, canvas_w), MID_GREY, device=device)       # B, 3, H, W
-    canvas_mask = torch.zeros((batch, 1, th, canvas_w), device=device)          # B, 1, H, W
-    target = None
-
+    # Reference strip, built once (batch 1 when every reference is shared) and copied into both
+    # the condition canvas and the target canvas.
+    ref_batch = max([r.shape[0] for r in refs], default=1)
+    strip = torch.full((ref_batch, 3, th, strip_w), MID_GREY, device=device)   # Bs, 3, H, Ws
     ref_boxes, content_boxes = [], []
     x = 0
     for ref, cell in zip(refs, cells):
         content = resize_image(ref, (cell.content_h, cell.content_w), "area")  # 1|B, 3, ch, cw
         y0, x0 = cell.top, x + cell.left
-        image[:, :, y0:y0 + cell.content_h, x0:x0 + cell.content_w] = content
+        strip[:, :, y0:y0 + cell.content_h, x0:x0 + cell.content_w] = content
         ref_boxes.append(Box(x, 0, cell.cell_w, th))
         content_boxes.append(Box(x0, y0, cell.content_w, cell.content_h))
         x += cell.cell_w
 
     # Target region: antialiased resize for the image, nearest-exact for the mask.
     m = resize_mask(mask, (th, tw))                                              # 1|B, 1, th, tw
-    canvas_mask[:, :, :, strip_w:] = m
     if edit is None:
         region = torch.full((1, 3, th, tw), MID_GREY, device=device)
     else:
         region = resize_image(edit, (th, tw), "area")                          # B, 3, th, tw
+
+    def assemble(right: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((batch, 3, th, canvas_w), device=device)              # B, 3, H, W
+        out[:, :, :, :strip_w] = strip
+        out[:, :, :, strip_w:] = right
+        return out
+
+    target = None
     if with_target:
-        target = image.clone() if strip_w else torch.empty_like(image)
-        if target_image is not None:
-            target[:, :, :, strip_w:] = resize_image(target_image, (th, tw), "area")
-        else:
-            target[:, :, :, strip_w:] = region
-    if repainting_scale != 0.0:
-        region = blank(region.clone() if region is edit else region, m, repainting_scale)
-    image[:, :, :, strip_w:] = region
+        target = assemble(region if target_image is None else resize_image(target_image, (th, tw), "area"))
+    image = assemble(region)
+    blank_(image[:, :, :, strip_w:], m, repainting_scale)
+    canvas_mask = torch.zeros((batch, 1, th, canvas_w), device=device)          # B, 1, H, W
+    canvas_mask[:, :, :, strip_w:] = m
     return Stitched(image, canvas_mask, target, Box(strip_w, 0, tw, th), tuple(ref_boxes),
                     tuple(content_boxes), None)
 
@@ -156,7 +168,7 @@ def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequ
             target = F.interpolate(full_canvas(target_image), size=(H, W), mode="nearest-exact")
         else:
             target = small.clone()
-    image = blank(small, canvas_mask, repainting_scale)
+    image = blank_(small, canvas_mask, repainting_scale)
 
     cols = _nearest_source_index(plan.full_w, W, device)
     rows = _nearest_source_index(plan.full_h, H, device)
