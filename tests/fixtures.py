@@ -21,37 +21,26 @@ What gets built and why:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aceplus_host import cache_dir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-FIXTURE_VERSION = 1
-HIDDEN = 3072
-MLP = 4 * HIDDEN
-CONTEXT_DIM = 64  # our stand-in "T5" width for the tiny models
-POOLED_DIM = 768  # CLIP-L pooled vector
-KINDS = {"fill": 96, "fft": 112, "dev": 16}  # unpatchified input channels; img_in = 4x
+FIXTURE_VERSION = 1  # bump to rebuild everything; per-file versions below rebuild one file
 
-# Module names (BFL) the released ACE++ LoRAs target, with (in, out) features.
-DOUBLE_TARGETS = {
-    "img_attn.qkv": (HIDDEN, 3 * HIDDEN), "txt_attn.qkv": (HIDDEN, 3 * HIDDEN),
-    "img_attn.proj": (HIDDEN, HIDDEN), "txt_attn.proj": (HIDDEN, HIDDEN),
-    "img_mlp.0": (HIDDEN, MLP), "img_mlp.2": (MLP, HIDDEN),
-    "txt_mlp.0": (HIDDEN, MLP), "txt_mlp.2": (MLP, HIDDEN),
-    "img_mod.lin": (HIDDEN, 6 * HIDDEN), "txt_mod.lin": (HIDDEN, 6 * HIDDEN),
-}
-SINGLE_TARGETS = {
-    "linear1": (HIDDEN, 3 * HIDDEN + MLP), "linear2": (HIDDEN + MLP, HIDDEN), "modulation.lin": (HIDDEN, 3 * HIDDEN),
-}
+# The builders live in aceplus_host.tiny_models (the demo uses them too); re-exported here.
+from aceplus_host.tiny_models import (  # noqa: E402,F401
+    CONTEXT_DIM, DOUBLE_TARGETS, HIDDEN, KINDS, MLP, POOLED_DIM, SINGLE_TARGETS, fixture_version, flux_state_dict,
+    lora_state_dict, random_metadata, save_safetensors, tiny_vae_state_dict,
+)
+
+# name -> builder version; a cached file whose metadata holds an older version is rebuilt.
+# tiny_vae v3: weights drawn and calibrated (v1 kept ComfyUI's uninitialised memory: NaN latents).
+FILE_VERSIONS = {"tiny_vae": 3}
 
 
 def fixtures_dir() -> Path:
@@ -60,70 +49,8 @@ def fixtures_dir() -> Path:
     return path
 
 
-def flux_state_dict(in_channels: int, depth: int = 1, depth_single: int = 0, hidden: int = HIDDEN,
-                    context_dim: int = CONTEXT_DIM, vec_dim: int = POOLED_DIM, seed: int = 0,
-                    dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """A random FLUX state dict in BFL layout, keys and shapes read off ComfyUI's own model."""
-    from comfy.ldm.flux.model import Flux
-    import comfy.ops
-
-    heads = hidden // 128
-    with torch.device("meta"):
-        model = Flux(image_model="flux", in_channels=in_channels, out_channels=16, vec_in_dim=vec_dim,
-                     context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
-                     depth_single_blocks=depth_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                     qkv_bias=True, guidance_embed=True, dtype=dtype, device="meta",
-                     operations=comfy.ops.disable_weight_init)
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, meta in model.state_dict().items():
-        if key.endswith("scale"):  # RMSNorm scales
-            out[key] = torch.ones(meta.shape, dtype=dtype)
-        elif key.endswith("bias"):
-            out[key] = torch.zeros(meta.shape, dtype=dtype)
-        else:
-            fan_in = meta.shape[-1] if meta.dim() > 1 else 1
-            out[key] = (torch.randn(meta.shape, generator=gen) / fan_in ** 0.5).to(dtype)
-    return out
-
-
-def lora_state_dict(rank: int, double_blocks: int = 19, single_blocks: int = 38, seed: int = 0,
-                    scale: float = 0.05, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """Random LoRA in the released ACE++ format: kohya keys on BFL module names, alpha = rank."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-
-    def add(prefix: str, fin: int, fout: int) -> None:
-        name = "lora_unet_" + prefix.replace(".", "_")
-        out[f"{name}.lora_down.weight"] = (torch.randn(rank, fin, generator=gen) / fin ** 0.5).to(dtype)
-        out[f"{name}.lora_up.weight"] = (torch.randn(fout, rank, generator=gen) * scale).to(dtype)
-        out[f"{name}.alpha"] = torch.tensor(float(rank), dtype=dtype)
-
-    for i in range(double_blocks):
-        for mod, (fin, fout) in DOUBLE_TARGETS.items():
-            add(f"double_blocks.{i}.{mod}", fin, fout)
-    for i in range(single_blocks):
-        for mod, (fin, fout) in SINGLE_TARGETS.items():
-            add(f"single_blocks.{i}.{mod}", fin, fout)
-    return out
-
-
-def tiny_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A TAESD-layout VAE with 16 latent channels and FLUX's latent scale/shift."""
-    import comfy.taesd.taesd as taesd
-
-    torch.manual_seed(seed)
-    model = taesd.TAESD(latent_channels=16)
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sd["vae_scale"] = torch.tensor(0.3611)
-    sd["vae_shift"] = torch.tensor(0.1159)
-    return sd
-
-
 def _save(sd: dict, path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file(sd, str(tmp), metadata=metadata)
-    tmp.rename(path)  # atomic: a killed run never leaves a half-written fixture
+    save_safetensors(sd, path, metadata)
 
 
 def ensure_fixtures() -> dict[str, Path]:
@@ -148,9 +75,13 @@ def ensure_fixtures() -> dict[str, Path]:
     paths = {}
     for name, build in builders.items():
         path = root / f"{name}.safetensors"
+        version = FILE_VERSIONS.get(name, 1)
+        if path.exists() and version > 1 and (fixture_version(path) or 1) < version:
+            log.info("fixture %s is outdated (builder version %d); rebuilding", path, version)
+            path.unlink()
         if not path.exists():
             log.info("building fixture %s", path)
-            _save(build(), path, metadata={"aceplus_fixture": json.dumps({"name": name, "random": True})})
+            _save(build(), path, metadata=random_metadata(name, version))
         paths[name] = path
     stamp.write_text(str(FIXTURE_VERSION))
     models = root / "models"

@@ -1,0 +1,157 @@
+"""Random-weight models with the real architectures: the test fixtures and the demo's fallback.
+
+* FLUX diffusion models in BFL layout that ComfyUI's ``UNETLoader`` detects. Up to ComfyUI 0.8.x
+  ``num_heads`` is fixed at 24, so hidden must be 3072; one double block and no single block keeps
+  them at ~392 M parameters. ``img_in`` is [3072, 384] (Fill), [3072, 448] (ACE++ FFT) or
+  [3072, 64] (plain FLUX.1-dev).
+* A TAESD-layout 16-channel VAE with FLUX's latent scale/shift (~2.5 M parameters).
+* LoRAs with the exact key names, shapes and alpha of the released ACE++ LoRAs.
+
+Nothing here downloads anything. Needs ComfyUI importable (``aceplus_host.import_comfy()``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+HIDDEN = 3072
+MLP = 4 * HIDDEN
+CONTEXT_DIM = 64  # stand-in "T5" width of the tiny models
+POOLED_DIM = 768  # CLIP-L pooled vector
+KINDS = {"fill": 96, "fft": 112, "dev": 16}  # unpatchified input channels; img_in = 4x
+
+# Module names (BFL) the released ACE++ LoRAs target, with (in, out) features.
+DOUBLE_TARGETS = {
+    "img_attn.qkv": (HIDDEN, 3 * HIDDEN), "txt_attn.qkv": (HIDDEN, 3 * HIDDEN),
+    "img_attn.proj": (HIDDEN, HIDDEN), "txt_attn.proj": (HIDDEN, HIDDEN),
+    "img_mlp.0": (HIDDEN, MLP), "img_mlp.2": (MLP, HIDDEN),
+    "txt_mlp.0": (HIDDEN, MLP), "txt_mlp.2": (MLP, HIDDEN),
+    "img_mod.lin": (HIDDEN, 6 * HIDDEN), "txt_mod.lin": (HIDDEN, 6 * HIDDEN),
+}
+SINGLE_TARGETS = {
+    "linear1": (HIDDEN, 3 * HIDDEN + MLP), "linear2": (HIDDEN + MLP, HIDDEN), "modulation.lin": (HIDDEN, 3 * HIDDEN),
+}
+
+
+def flux_state_dict(in_channels: int, depth: int = 1, depth_single: int = 0, hidden: int = HIDDEN,
+                    context_dim: int = CONTEXT_DIM, vec_dim: int = POOLED_DIM, seed: int = 0,
+                    dtype: torch.dtype = torch.bfloat16, device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
+    """A random FLUX state dict in BFL layout, keys and shapes read off ComfyUI's own model."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    heads = hidden // 128
+    with torch.device("meta"):
+        model = Flux(image_model="flux", in_channels=in_channels, out_channels=16, vec_in_dim=vec_dim,
+                     context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
+                     depth_single_blocks=depth_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
+                     qkv_bias=True, guidance_embed=True, dtype=dtype, device="meta",
+                     operations=comfy.ops.disable_weight_init)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = {}
+    for key, meta in model.state_dict().items():
+        if key.endswith("scale"):  # RMSNorm scales
+            out[key] = torch.ones(meta.shape, dtype=dtype, device=device)
+        elif key.endswith("bias"):
+            out[key] = torch.zeros(meta.shape, dtype=dtype, device=device)
+        else:
+            fan_in = meta.shape[-1] if meta.dim() > 1 else 1
+            out[key] = (torch.randn(meta.shape, generator=gen, device=device) / fan_in ** 0.5).to(dtype)
+    return out
+
+
+def lora_state_dict(rank: int, double_blocks: int = 19, single_blocks: int = 38, seed: int = 0,
+                    scale: float = 0.05, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Random LoRA in the released ACE++ format: kohya keys on BFL module names, alpha = rank."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+
+    def add(prefix: str, fin: int, fout: int) -> None:
+        name = "lora_unet_" + prefix.replace(".", "_")
+        out[f"{name}.lora_down.weight"] = (torch.randn(rank, fin, generator=gen) / fin ** 0.5).to(dtype)
+        out[f"{name}.lora_up.weight"] = (torch.randn(fout, rank, generator=gen) * scale).to(dtype)
+        out[f"{name}.alpha"] = torch.tensor(float(rank), dtype=dtype)
+
+    for i in range(double_blocks):
+        for mod, (fin, fout) in DOUBLE_TARGETS.items():
+            add(f"double_blocks.{i}.{mod}", fin, fout)
+    for i in range(single_blocks):
+        for mod, (fin, fout) in SINGLE_TARGETS.items():
+            add(f"single_blocks.{i}.{mod}", fin, fout)
+    return out
+
+
+def tiny_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A TAESD-layout VAE with 16 latent channels and FLUX's latent scale/shift.
+
+    ComfyUI builds TAESD with ``disable_weight_init`` layers (uninitialised memory, often NaN), so
+    every weight is drawn here: He-normal ``std = sqrt(2 / fan_in)`` for the ReLU convs, zero
+    biases. Then the last encoder conv is rescaled so a random image encodes to latents of std 1
+    (like the real FLUX VAE's raw latents), and the last decoder conv so a random latent decodes to
+    mean 0.5, std 0.15: the picture then depends visibly on the latent, with little clipping.
+    """
+    import comfy.taesd.taesd as taesd
+
+    gen = torch.Generator().manual_seed(seed)
+    model = taesd.TAESD(latent_channels=16)
+    sd = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("bias"):
+            sd[key] = torch.zeros(value.shape)
+        elif key not in ("vae_scale", "vae_shift"):
+            sd[key] = torch.randn(value.shape, generator=gen) * (2.0 / value[0].numel()) ** 0.5
+    sd["vae_scale"] = torch.tensor(0.3611)
+    sd["vae_shift"] = torch.tensor(0.1159)
+    model.load_state_dict(sd)
+
+    def last_conv(prefix: str) -> str:
+        return max((k for k in sd if k.startswith(prefix) and k.endswith("weight") and sd[k].ndim == 4),
+                   key=lambda k: int(k.split(".")[1]))
+
+    with torch.no_grad():
+        image = torch.rand(1, 3, 128, 128, generator=gen)
+        enc = last_conv("taesd_encoder.")
+        sd[enc] /= model.taesd_encoder(image).std()
+        model.load_state_dict(sd)
+        dec = last_conv("taesd_decoder.")
+        out = model.taesd_decoder(torch.randn(1, 16, 16, 16, generator=gen))
+        sd[dec] *= 0.15 / out.std()
+        sd[dec.replace("weight", "bias")] = torch.full_like(sd[dec.replace("weight", "bias")], 0.0)
+        model.load_state_dict(sd)
+        mean = model.taesd_decoder(torch.randn(1, 16, 16, 16, generator=gen)).mean()
+        sd[dec.replace("weight", "bias")] += 0.5 - mean
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def save_safetensors(sd: dict, path: Path, metadata: Optional[dict] = None) -> None:
+    """Write atomically (temp file, then rename): a killed run never leaves a half-written file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    save_file(sd, str(tmp), metadata=metadata)
+    tmp.rename(path)
+
+
+def random_metadata(name: str, version: int) -> dict[str, str]:
+    return {"aceplus_fixture": json.dumps({"name": name, "random": True, "version": version})}
+
+
+def fixture_version(path: Path) -> Optional[int]:
+    """The builder version stored in a file's metadata (None when absent or unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get("aceplus_fixture")
+        return int(json.loads(meta).get("version", 1)) if meta else None
+    except Exception:  # noqa: BLE001 - any unreadable file is rebuilt
+        return None
