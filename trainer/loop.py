@@ -9,6 +9,7 @@ one process with batch 2 and two processes with batch 1 see the same data, and a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -171,6 +172,7 @@ def train(cfg: Config) -> dict:
         accelerator.end_training()
         return {"step": 0, "losses": [], "cached": len(index)}
     paths = {(e["sample"], e["variant"]): e["path"] for e in index}
+    sizes = {e["sample"]: (e["h"], e["w"]) for e in index if e["variant"] == 0}
     plan = BatchPlan(index, cfg.train.batch_size * world, cfg.run.seed)
 
     # --- model, optimizer, schedule --------------------------------------------------------------
@@ -196,6 +198,12 @@ def train(cfg: Config) -> dict:
         ckpt.set_rng_state(state["rng"])
         step, micro = state["step"], state["micro"]
         log.info("resumed from %s at step %d (micro-batch %d)", resume, step, micro)
+    if accelerator.is_main_process:  # the loss curve file holds exactly steps 1..step of this run
+        mpath = out / "metrics.jsonl"
+        kept = [ln for ln in (mpath.read_text().splitlines() if mpath.exists() else [])
+                if json.loads(ln)["step"] <= step]
+        mpath.parent.mkdir(parents=True, exist_ok=True)
+        mpath.write_text("".join(ln + "\n" for ln in kept))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     if accelerator.is_main_process:
@@ -215,9 +223,8 @@ def train(cfg: Config) -> dict:
                 mine = list(range(rank * b, (rank + 1) * b))
                 draws = []
                 for pos in mine:
-                    sample = gbatch[pos]
-                    first = paths[(sample, 0)]
-                    shape = tuple(cache_mod.load_entry(first)[0]["x0"].shape)
+                    h, w = sizes[gbatch[pos]]
+                    shape = (16, h // 8, w // 8)  # latent of the canvas (VAE factor 8)
                     draws.append(draw(cfg.run.seed, micro, pos, shape, cfg.canvas.variants))
                 batch, layouts = cache_mod.load_batch([paths[(gbatch[p], d[2])] for p, d in zip(mine, draws)])
                 eps = torch.stack([d[0] for d in draws])
@@ -241,6 +248,10 @@ def train(cfg: Config) -> dict:
             pbar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if step % cfg.run.log_every == 0:
                 accelerator.log({"loss": mean_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
+            if accelerator.is_main_process:  # plain-text loss curve next to TensorBoard (appended on resume)
+                with open(out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                                         "time": time.time()}) + "\n")
             if accelerator.is_main_process and cfg.run.sample_every and step % cfg.run.sample_every == 0:
                 from .sample import render_samples
 

@@ -123,3 +123,32 @@ def tiny_vae_file(path: Path, seed: int = 0) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(sd, str(path))
     return path
+
+
+def evaluate(model, cfg, index: list, s_value: float = 0.5, seed: int = 1234) -> dict:
+    """Fixed-noise evaluation over the cached dataset: the training loss and the L1 error of the
+    predicted x0 = x_t - s v inside the masked target region (latent pixels), averaged."""
+    import torch
+    import torch.nn.functional as F
+
+    from aceplus_core import flow_matching_pair, pack_mask
+    from trainer.cache import load_batch
+    from trainer.loop import loss_of
+
+    losses, l1s = [], []
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for e in [e for e in index if e["variant"] == 0]:
+            batch, layouts = load_batch([e["path"]])
+            eps = torch.randn(batch["x0"].shape, generator=g)
+            s = torch.tensor([s_value])
+            loss, _ = loss_of(model, batch, layouts, eps, s, cfg, device)
+            x_t, _ = flow_matching_pair(batch["x0"], eps, s)
+            x_in = torch.cat([x_t, batch["cond"], pack_mask(batch["mask"])], 1)
+            v = model(x_in, s, batch["ctx"], batch["pooled"], cfg.train.guidance).float()
+            x0_hat = x_t - s_value * v
+            m = F.max_pool2d(batch["mask"], 8)  # B, 1, h, w: latent pixels with any masked pixel
+            l1s.append(float(((x0_hat - batch["x0"]).abs() * m).sum() / (m.sum() * 16)))
+            losses.append(float(loss))
+    return {"loss": sum(losses) / len(losses), "masked_l1": sum(l1s) / len(l1s)}

@@ -1,0 +1,118 @@
+"""Trainer: bad configs and bad data fail before any training, with messages that name the problem."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def tr(comfy_root):
+    from trainer import config, data, model, testing
+
+    return config, data, model, testing
+
+
+@pytest.fixture()
+def small(tmp_path, tr, fixture_paths):
+    _, _, _, testing = tr
+    manifest = testing.write_copy_dataset(tmp_path / "data", n=2, size=32)
+    return testing.base_config(fixture_paths["tiny_fill"], fixture_paths["tiny_vae"], manifest, tmp_path / "out")
+
+
+def test_unknown_key_named(tr, small):
+    config = tr[0]
+    small["train"]["learning_rat"] = 1e-4
+    with pytest.raises(config.ConfigError, match=r"train\.learning_rat"):
+        config.load_config(data=small)
+
+
+def test_wrong_type_named(tr, small):
+    config = tr[0]
+    with pytest.raises(config.ConfigError, match=r"lora\.rank must be an integer"):
+        config.load_config(data=small, overrides=["lora.rank='sixteen'"])
+    with pytest.raises(config.ConfigError, match=r"model\.kind = 'flil' is not one of"):
+        config.load_config(data=small, overrides=["model.kind=flil"])
+
+
+def test_set_overrides_and_toml(tr, small, tmp_path):
+    config = tr[0]
+    toml = tmp_path / "run.toml"
+    toml.write_text('[lora]\nrank = 8\n[train]\nbetas = [0.9, 0.99]\n')
+    cfg = config.load_config(toml, ["lora.alpha=8", "train.unmasked_weight=0.25", f"model.dit={small['model']['dit']}",
+                                    f"data.manifest={small['data']['manifest']}"])
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.train.unmasked_weight) == (8, 8.0, 0.25)
+    assert cfg.train.betas == [0.9, 0.99] and cfg.learning_rate == 1e-3
+    assert "lora.rank" not in config.describe() and "rank = 64" in config.describe()  # documented defaults
+
+
+def test_missing_model_file(tr, small):
+    config, _, model, _ = tr
+    small["model"]["dit"] = "/nowhere/flux1-fill-dev.safetensors"
+    cfg = config.load_config(data=small)
+    with pytest.raises(config.ConfigError, match="model.dit '/nowhere/flux1-fill-dev.safetensors' does not exist"):
+        model.check_dit_file(cfg)
+
+
+def test_base_without_fill_channels(tr, small, fixture_paths):
+    config, _, model, _ = tr
+    small["model"]["dit"] = str(fixture_paths["tiny_dev"])
+    with pytest.raises(config.ConfigError, match=r"img_in takes 64 input features but model.kind = 'fill' needs 384"):
+        model.check_dit_file(config.load_config(data=small))
+    small["model"]["dit"] = str(fixture_paths["tiny_fft"])
+    with pytest.raises(config.ConfigError, match="set model.kind = 'fft'"):
+        model.check_dit_file(config.load_config(data=small))
+
+
+def test_train_fails_before_loading_anything(tr, small, monkeypatch):
+    """train() checks the model file and the data before it builds the Accelerator or loads weights."""
+    config = tr[0]
+    from trainer import loop
+
+    monkeypatch.setattr(loop, "load_dit", lambda *a, **k: pytest.fail("model loaded before validation"))
+    small["model"]["dit"] = "/nowhere/x.safetensors"
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        loop.train(config.load_config(data=small))
+
+
+def test_empty_dataset_and_corrupt_rows(tr, small, tmp_path, caplog):
+    config, data, _, _ = tr
+    root = Path(small["data"]["manifest"]).parent
+    (root / "target_0.png").write_bytes(b"not a png")      # corrupt
+    (root / "ref_1.png").unlink()                          # missing
+    with caplog.at_level(logging.WARNING), pytest.raises(config.ConfigError, match="has no usable sample"):
+        data.load_samples(config.load_config(data=small))
+    assert "train.jsonl:1: target_image" in caplog.text and "cannot be read" in caplog.text
+    assert "train.jsonl:2: reference 0" in caplog.text and "does not exist" in caplog.text
+
+
+def test_stage_filter_and_csv(tr, small, tmp_path):
+    config, data, _, testing = tr
+    csv = testing.write_copy_dataset(tmp_path / "csvdata", n=3, size=32, fmt="csv", data_type="inpainting")
+    small["data"] = {"manifest": str(csv), "data_types": ["inpainting"]}
+    samples, report = data.load_samples(config.load_config(data=small))
+    assert len(samples) == 3 and len(samples[0].references) == 1 and samples[0].prompt
+    small["data"]["data_types"] = ["subject"]
+    with pytest.raises(config.ConfigError, match="3 filtered by data_type"):
+        data.load_samples(config.load_config(data=small))
+
+
+@pytest.mark.parametrize("mode", ["resize", "skip"])
+def test_mask_size_mismatch(tr, small, caplog, mode):
+    config, data, _, _ = tr
+    root = Path(small["data"]["manifest"]).parent
+    Image.new("L", (20, 12), 255).save(root / "mask_0.png")
+    small["data"]["mask_mismatch"] = mode
+    with caplog.at_level(logging.INFO):
+        samples, report = data.load_samples(config.load_config(data=small))
+    assert "mask" in caplog.text and "(20x12)" not in caplog.text  # sizes are logged as (h, w)
+    assert "(12, 20) but its image is (32, 32)" in caplog.text
+    if mode == "resize":
+        assert len(samples) == 2 and report.fixed == {"mask_resized": 1}
+        t = data.load_sample_tensors(samples[0])
+        assert t["mask"].shape == (1, 1, 32, 32)
+    else:
+        assert len(samples) == 1 and report.skipped == {"mask_size_mismatch": 1}
