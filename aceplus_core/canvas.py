@@ -107,7 +107,7 @@ def build_canvas(
     reference_height_jitter: Optional[Tuple[float, float]] = None,
     generator: Optional[torch.Generator] = None,
     require_reference: bool = False,
-    with_target: bool = True,
+    with_target: Optional[bool] = None,
 ) -> Canvas:
     """Stitch references (left, in order) and the edit image (right) into one canvas.
 
@@ -126,6 +126,9 @@ def build_canvas(
     target_image: training ground truth (same size as edit_image) for ``Canvas.target``.
     reference_height_jitter: training augmentation: each reference's content height is drawn
         uniformly in ``[lo * H, hi * H]`` and padded to H (the release uses (1/3, 1)).
+    require_reference: raise a ValueError when ``references`` is empty.
+    with_target: build ``Canvas.target`` (the un-blanked canvas, the trainer's x0). Default (None):
+        only when ``target_image`` is given, since inference does not need it (saves a canvas copy).
     """
     # ---- options
     _check_choice("policy", policy, POLICIES)
@@ -199,6 +202,8 @@ def build_canvas(
                  for i, r in enumerate(refs))
     edit_hw = (source_crop.h, source_crop.w)
 
+    if with_target is None:
+        with_target = tgt is not None
     common = dict(edit_hw=edit_hw, batch=batch, repainting_scale=float(repainting_scale),
                   reference_fit=reference_fit, max_tokens=max_tokens, target_image=tgt,
                   with_target=with_target, jitter=reference_height_jitter, generator=generator)

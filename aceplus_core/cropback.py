@@ -125,9 +125,21 @@ def crop_back(decoded: torch.Tensor, layout: CanvasLayout, original_image: Optio
         inside[:, :, sc.y:sc.y + sc.h, sc.x:sc.x + sc.w] = 1.0
         m = m * inside
     placed = placed.to(orig.dtype)
-    if feather > 0:
-        alpha = feather_alpha(m, feather)
+    alpha = feather_alpha(m, feather) if feather > 0 else None
+    # Composite only inside the mask's bounding box; everything else is a plain copy of the original.
+    hard = m > 0.5                                    # b, 1, H, W
+    col_any = hard.flatten(0, 2).any(0)               # W: column has a masked pixel
+    row_any = hard.flatten(0, 1).any(-1).any(0)       # H: row has a masked pixel
+    out = orig.expand(B, 3, oh, ow).clone()
+    if not bool(col_any.any()):
+        return out
+    ys = torch.nonzero(row_any).flatten()
+    xs = torch.nonzero(col_any).flatten()
+    r = slice(int(ys[0]), int(ys[-1]) + 1)
+    c = slice(int(xs[0]), int(xs[-1]) + 1)
+    o, p, mm = out[:, :, r, c], placed.expand(B, 3, oh, ow)[:, :, r, c], m[:, :, r, c]
+    if alpha is not None:
         # inside the mask: lerp(original, generated, alpha); outside: exactly the original
-        blended = torch.lerp(orig, placed, alpha.to(orig.dtype))
-        return torch.where(m > 0.5, blended, orig)
-    return torch.where(m > 0.5, placed, orig)
+        p = torch.lerp(o, p, alpha[:, :, r, c].to(orig.dtype))
+    o.copy_(torch.where(mm > 0.5, p, o))
+    return out

@@ -132,9 +132,14 @@ def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequ
                     generator: Optional[torch.Generator]) -> Stitched:
     """Release parity: stitch at the edit resolution, then nearest-exact resize the whole canvas.
 
-    The layout's boxes are where the pixels really land after that resize (read from the
-    nearest-exact index map), not the release's ``slice_w`` (kept as ``release_slice_w``), which
-    can be off by up to 15 px because it is floored separately.
+    Nearest-exact resizing is a pure gather (output pixel (i, j) = input (rows[i], cols[j])), so
+    instead of materialising the full-resolution canvas we gather each part straight into the
+    small one, with the index maps read from torch's own kernel: bit-identical to the release's
+    resize, without the large intermediate. Blanking after the gather equals blanking before it.
+
+    The layout's boxes are where the pixels really land after that resize, not the release's
+    ``slice_w`` (kept as ``release_slice_w``), which is floored to 16 on its own and can miss the
+    real boundary by up to 15 px.
     """
     eh, ew = edit_hw
     heights = _jitter_heights(len(refs), eh, jitter, generator)
@@ -143,50 +148,47 @@ def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequ
     device = mask.device
     H, W = plan.canvas_h, plan.canvas_w
     S = plan.slice_w_full
+    rows = _nearest_source_index(plan.full_h, H, device).long()   # H   source row of each output row
+    cols = _nearest_source_index(plan.full_w, W, device).long()   # W   source col of each output col
 
-    def full_canvas(right: Optional[torch.Tensor]) -> torch.Tensor:
-        full = torch.full((batch, 3, plan.full_h, plan.full_w), MID_GREY, device=device)
-        x = 0
-        for ref, (h, w), top in zip(refs, plan.ref_sizes, plan.ref_tops):
-            # release: antialiased bilinear fit of the reference, grey (0) padding
-            full[:, :, top:top + h, x:x + w] = resize_image(ref, (h, w), "bilinear")
-            x += w
-        if right is not None:
-            full[:, :, :, S:] = right
-        return full
-
-    # Nearest-exact commutes with per-pixel maths, so resizing the un-blanked canvas and the mask
-    # and blanking afterwards gives the release's pixels (it blanks first, then resizes).
-    small = F.interpolate(full_canvas(edit), size=(H, W), mode="nearest-exact")  # B, 3, H, W
-    full_mask = torch.zeros((mask.shape[0], 1, plan.full_h, plan.full_w), device=device)
-    full_mask[:, :, :, S:] = mask
-    canvas_mask = resize_mask(full_mask, (H, W)).expand(batch, 1, H, W).contiguous()
-
-    target = None
-    if with_target:
-        if target_image is not None:
-            target = F.interpolate(full_canvas(target_image), size=(H, W), mode="nearest-exact")
-        else:
-            target = small.clone()
-    image = blank_(small, canvas_mask, repainting_scale)
-
-    cols = _nearest_source_index(plan.full_w, W, device)
-    rows = _nearest_source_index(plan.full_h, H, device)
-
-    def first_col(a: int) -> int:  # first output column whose source column is >= a
+    def first_col(a: int) -> int:  # first output column whose source column is >= a (cols sorted)
         return int((cols < a).sum())
 
     def first_row(a: int) -> int:
         return int((rows < a).sum())
 
+    xs = first_col(S)
+    right_rows, right_cols = rows, cols[xs:] - S
+
+    def gather(img: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return img.index_select(2, r).index_select(3, c)
+
+    strip = torch.full((max([r.shape[0] for r in refs], default=1), 3, H, xs), MID_GREY, device=device)
     ref_boxes, content_boxes = [], []
     a = 0
-    for (h, w), top in zip(plan.ref_sizes, plan.ref_tops):
+    for ref, (h, w), top in zip(refs, plan.ref_sizes, plan.ref_tops):
         x0, x1 = first_col(a), first_col(a + w)
         y0, y1 = first_row(top), first_row(top + h)
+        if x1 > x0 and y1 > y0:
+            # release: antialiased bilinear fit of the reference at full res, grey (0) padding
+            fitted = resize_image(ref, (h, w), "bilinear")                     # 1|B, 3, h, w
+            strip[:, :, y0:y1, x0:x1] = gather(fitted, rows[y0:y1] - top, cols[x0:x1] - a)
         ref_boxes.append(Box(x0, 0, x1 - x0, H))
         content_boxes.append(Box(x0, y0, x1 - x0, y1 - y0))
         a += w
-    xs = first_col(S)
+
+    def assemble(right: Optional[torch.Tensor]) -> torch.Tensor:
+        out = torch.empty((batch, 3, H, W), device=device)                     # B, 3, H, W
+        out[:, :, :, :xs] = strip
+        out[:, :, :, xs:] = MID_GREY if right is None else gather(right, right_rows, right_cols)
+        return out
+
+    canvas_mask = torch.zeros((batch, 1, H, W), device=device)                 # B, 1, H, W
+    canvas_mask[:, :, :, xs:] = gather(mask, right_rows, right_cols)
+    target = None
+    if with_target:
+        target = assemble(edit if target_image is None else target_image)
+    image = assemble(edit)
+    blank_(image[:, :, :, xs:], canvas_mask[:, :, :, xs:], repainting_scale)
     return Stitched(image, canvas_mask, target, Box(xs, 0, W - xs, H), tuple(ref_boxes),
                     tuple(content_boxes), plan.release_slice_w)

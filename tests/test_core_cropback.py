@@ -29,7 +29,7 @@ def test_identity_decode_is_bit_exact_outside_mask(h, w, n_refs, policy, max_tok
     mask = random_mask(g, h, w)
     refs = [torch.rand(1, 3, 64, 48, generator=g) for _ in range(n_refs)]
     canvas = build_canvas(edit, mask, refs, policy=policy, max_tokens=max_tokens,
-                          target_tokens=min(max_tokens, 1024), aspect_mode="crop")
+                          target_tokens=min(max_tokens, 1024), aspect_mode="crop", with_target=True)
     out = crop_back(canvas.target, canvas.layout, edit, mask, feather=feather)
     assert out.shape == edit.shape
     keep = (mask <= 0.5).expand_as(edit)
@@ -42,7 +42,7 @@ def test_identity_without_scaling_is_exact_everywhere():
     edit = torch.rand(1, 3, 128, 96)
     mask = torch.zeros(1, 1, 128, 96)
     mask[..., 40:80, 10:50] = 1
-    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 50, 70)])
+    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 50, 70)], with_target=True)
     out = crop_back(canvas.target, canvas.layout, edit, mask, composite=False)
     assert torch.equal(out, edit)
 
@@ -112,7 +112,7 @@ def test_crop_back_does_not_modify_inputs():
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., 8:30, 8:30] = 0.7
     e0, m0 = edit.clone(), mask.clone()
-    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 32, 32)])
+    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 32, 32)], with_target=True)
     d0 = canvas.target.clone()
     crop_back(canvas.target, canvas.layout, edit, mask, feather=2)
     assert torch.equal(edit, e0) and torch.equal(mask, m0) and torch.equal(canvas.target, d0)

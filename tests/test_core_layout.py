@@ -56,14 +56,17 @@ def test_boxes_tile_canvas(eh, ew, n_refs, ref_sizes, policy, fit, max_tokens, t
     if max_tokens < (n_refs + 1):
         return
     canvas = build_canvas(edit, mask, refs, size=(eh, ew), policy=policy, reference_fit=fit,
-                          max_tokens=max_tokens, target_tokens=target_tokens, aspect_mode=aspect_mode)
+                          max_tokens=max_tokens, target_tokens=target_tokens, aspect_mode=aspect_mode,
+                          with_target=has_edit)
     layout = canvas.layout
     check_tiling(layout, canvas)
     assert layout.tokens <= max_tokens
     assert len(layout.reference_boxes) == n_refs
     assert (layout.original_h, layout.original_w) == (eh, ew)
     assert canvas.image.shape[0] == (2 if has_edit else 1)
-    assert canvas.target is not None and canvas.target.shape == canvas.image.shape
+    assert (canvas.target is not None) == has_edit
+    if has_edit:
+        assert canvas.target.shape == canvas.image.shape
     if policy == "target_first":
         for b in (*layout.reference_boxes, layout.target_box):
             assert b.x % 16 == 0 and b.w % 16 == 0
@@ -164,7 +167,7 @@ def test_official_matches_release_pixels():
     m = torch.nn.functional.interpolate(fm, size=(H, W), mode="nearest-exact")
     assert canvas.image.shape[-2:] == (H, W)
     assert torch.equal(canvas.mask, m)
-    torch.testing.assert_close(canvas.image, (img + 1) / 2, atol=1e-5, rtol=0)
+    assert torch.allclose(canvas.image, (img + 1) / 2, atol=1e-5, rtol=0)
     assert canvas.layout.release_slice_w == int(133 * s) // 16 * 16
 
 
@@ -192,7 +195,7 @@ def test_repainting_scale_and_mask_rules():
     c0 = build_canvas(edit, mask, repainting_scale=0.0)
     assert torch.equal(c0.image, edit)
     ch = build_canvas(edit, mask, repainting_scale=0.5)
-    torch.testing.assert_close(ch.image[inside], 0.5 + (edit[inside] - 0.5) * 0.5)
+    assert torch.allclose(ch.image[inside], 0.5 + (edit[inside] - 0.5) * 0.5)
     # all-zero mask -> edit everything (release behaviour)
     cz = build_canvas(edit, torch.zeros(1, 1, 64, 64))
     assert bool((cz.mask == 1).all())
@@ -230,3 +233,10 @@ def test_target_image_becomes_canvas_target():
         assert torch.equal(c.target[:, :, r, col], tgt) if policy == "target_first" else True
         rb = c.layout.reference_boxes[0].slices()
         assert torch.equal(c.target[:, :, rb[0], rb[1]], c.image[:, :, rb[0], rb[1]])
+
+
+def test_target_is_built_only_when_asked():
+    edit = torch.rand(1, 3, 64, 64)
+    assert build_canvas(edit, None).target is None
+    assert build_canvas(edit, None, with_target=True).target is not None
+    assert build_canvas(edit, None, target_image=torch.rand(1, 3, 64, 64)).target is not None
