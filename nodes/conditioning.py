@@ -61,6 +61,11 @@ def make_canvas(edit_image: Optional[torch.Tensor], mask: Optional[torch.Tensor]
     """(canvas, original image BCHW, original mask B1HW) with the task preset applied inside the mask."""
     image = None if edit_image is None else to_bchw(edit_image)
     mask_b1hw = None if mask is None else mask_to_b1hw(mask)
+    if mask_b1hw is not None and not bool((mask_b1hw > 0.5).any()):
+        # Zero-area mask = edit everything (release rule), whatever its size: LoadImage gives a 64x64
+        # zero mask for images without alpha.
+        log.info("ACE++: the mask is empty (%s); editing the whole image.", tuple(mask_b1hw.shape[-2:]))
+        mask_b1hw = None
     if image is not None and mask_b1hw is not None and tuple(mask_b1hw.shape[-2:]) != tuple(image.shape[-2:]):
         raise ValueError(
             f"The mask is {tuple(mask_b1hw.shape[-2:])} (H, W) but the edit image is "
@@ -170,9 +175,9 @@ class Conditioning(io.ComfyNode):
                                      "slower; attention cost grows with its square."),
                 io.Int.Input("target_tokens", default=4096, min=256, max=65536, step=256,
                              tooltip="target_first only: most tokens the edit image gets (4096 = 1024x1024)."),
-                io.Int.Input("width", default=1024, min=64, max=8192, step=16,
+                io.Int.Input("width", default=1024, min=16, max=8192, step=16,
                              tooltip="Output width when there is no edit image."),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=16,
+                io.Int.Input("height", default=1024, min=16, max=8192, step=16,
                              tooltip="Output height when there is no edit image."),
                 io.Float.Input("guidance", default=50.0, min=0.0, max=100.0, step=0.5,
                                tooltip="FLUX guidance embedding; ACE++ and FLUX.1-Fill use 50 (like FluxGuidance)."),

@@ -31,10 +31,19 @@ def fill_model(pack, fixture_paths):
 
 
 @pytest.fixture(scope="module")
-def fft_model(pack, fixture_paths):
+def fft_load(pack, fixture_paths):
+    """The FFT model, and ComfyUI's model-config list before and after loading it."""
+    import comfy.supported_models
+
+    before = list(comfy.supported_models.models)
     model, kind = pack.nodes.loader.load_model(str(fixture_paths["tiny_fft"]), "default")
     assert kind == "fft"
-    return model
+    return model, before, list(comfy.supported_models.models)
+
+
+@pytest.fixture(scope="module")
+def fft_model(fft_load):
+    return fft_load[0]
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +142,12 @@ def test_loader_names_the_file_of_a_bad_model(pack, tmp_path, damage):
         pack.nodes.loader.load_model(str(path), "default")
 
 
-def test_loader_leaves_comfyuis_model_list_alone_and_warns_for_lora_on_fft(pack, fixture_paths, fft_model, caplog):
+def test_loader_leaves_comfyuis_model_list_alone_and_warns_for_lora_on_fft(pack, fixture_paths, fft_load, caplog):
     import comfy.supported_models
 
-    before = list(comfy.supported_models.models)
-    model, kind = pack.nodes.loader.load_model(str(fixture_paths["tiny_fft"]), "default")
-    assert kind == "fft"
-    assert model.model.diffusion_model.img_in.weight.shape == (3072, 448)
+    fft_model, before, after = fft_load
+    assert after == before
+    assert fft_model.model.diffusion_model.img_in.weight.shape == (3072, 448)
     with caplog.at_level(logging.WARNING):
         patched = pack.nodes.loader.apply_loras(
             fft_model, "fft", [("tiny_lora_r16", str(fixture_paths["tiny_lora_r16"]), 1.0)])
@@ -227,12 +235,12 @@ def test_mask_size_mismatch_and_missing_control_image_are_clear_errors(pack, fil
         run_conditioning(pack, fill_model, vae, image=image, task="control")
 
 
-def test_zero_area_mask_means_edit_everything(pack, fill_model, vae):
+@pytest.mark.parametrize("size", [(64, 96), (64, 64)])  # (64, 64): LoadImage's mask of an image without alpha
+def test_zero_area_mask_means_edit_everything(pack, fill_model, vae, size):
     image, _, _ = edit_inputs()
-    _, _, _, bundle, _ = run_conditioning(pack, fill_model, vae, image=image, mask=torch.zeros(1, 64, 96))
-    pos, *_ = run_conditioning(pack, fill_model, vae, image=image, mask=torch.zeros(1, 64, 96))
-    cm = pos[0][1]["concat_mask"]
-    assert cm[..., bundle.layout.target_box.x:].min() == 1.0
+    pos, _, _, bundle, _ = run_conditioning(pack, fill_model, vae, image=image, mask=torch.zeros(1, *size))
+    assert pos[0][1]["concat_mask"].min() == 1.0
+    assert bundle.mask is None  # crop-back then composites nothing: the whole image is generated
 
 
 def test_reference_generation_uses_width_and_height(pack, fill_model, vae):
