@@ -70,19 +70,22 @@ def crop_back(decoded: torch.Tensor, layout: CanvasLayout, original_image: Optio
     if not isinstance(feather, int) or feather < 0:
         raise ValueError(f"feather must be a non-negative integer (px), got {feather!r}.")
     H, W = layout.canvas_h, layout.canvas_w
-    if tuple(decoded.shape[-2:]) != (H, W):
-        logger.info("decoded image %s differs from the canvas %dx%d; resizing", tuple(decoded.shape[-2:]), H, W)
-        decoded = resize_image(decoded, (H, W), "area")
+    dh, dw = int(decoded.shape[2]), int(decoded.shape[3])
+    if (dh, dw) != (H, W):
+        # VAE rounding: scale the boxes to the decoded size instead of resampling the whole canvas
+        logger.info("decoded image %dx%d differs from the canvas %dx%d; scaling the crop", dh, dw, H, W)
 
     if mode in ("release", "release_fft"):
-        x0 = min(release_crop_x(layout, mode), W - 1)
+        x0 = min(round(release_crop_x(layout, mode) * dw / W), dw - 1)
         return decoded[:, :, :, x0:].clamp(0.0, 1.0)
     if mode != "target":
         raise ValueError(f"Unknown crop_mode {mode!r}; use 'target', 'release' or 'release_fft'.")
 
-    rows, cols = layout.target_box.slices()
-    sc = layout.source_crop
-    gen = resize_image(decoded[:, :, rows, cols], (sc.h, sc.w), "area").clamp(0.0, 1.0)  # B, 3, ch, cw
+    tb, sc = layout.target_box, layout.source_crop
+    x0, x1 = round(tb.x * dw / W), round(tb.x1 * dw / W)
+    y0, y1 = round(tb.y * dh / H), round(tb.y1 * dh / H)
+    # B, 3, ch, cw: bicubic like the release's PIL resize back; a no-op when sizes already match
+    gen = resize_image(decoded[:, :, y0:y1, x0:x1], (sc.h, sc.w), "bicubic").clamp(0.0, 1.0)
     B, oh, ow = gen.shape[0], layout.original_h, layout.original_w
     full_crop = (sc.x, sc.y, sc.w, sc.h) == (0, 0, ow, oh)
 

@@ -126,7 +126,8 @@ def broadcast_batch(t: torch.Tensor, batch: int, name: str) -> torch.Tensor:
 def resize_image(image: torch.Tensor, size: Tuple[int, int], mode: str = "area") -> torch.Tensor:
     """Resize B, C, H, W to ``size`` = (H, W).
 
-    mode "area": antialiased bilinear (good for down- and upscaling alike);
+    mode "area": antialiased bilinear (good for down- and upscaling alike); "bicubic":
+    antialiased bicubic (crop-back: sharper when the target was budget-scaled);
     "nearest-exact": what the release uses for its budget resize; "bilinear": the release's
     reference resize (antialiased bilinear, the same kernel as "area" here).
     Returns the input itself when the size already matches (callers never write into it).
@@ -138,7 +139,9 @@ def resize_image(image: torch.Tensor, size: Tuple[int, int], mode: str = "area")
         return F.interpolate(image, size=(h, w), mode="nearest-exact")
     if mode in ("area", "bilinear"):
         return F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    raise ValueError(f"Unknown resize mode {mode!r}; use 'area', 'bilinear' or 'nearest-exact'.")
+    if mode == "bicubic":  # may overshoot [0, 1]: callers clamp
+        return F.interpolate(image, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    raise ValueError(f"Unknown resize mode {mode!r}; use 'area', 'bilinear', 'bicubic' or 'nearest-exact'.")
 
 
 def resize_mask(mask: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

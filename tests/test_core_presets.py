@@ -83,3 +83,34 @@ def test_control_preset_requires_image():
         apply_preset(image, mask, "control")
     with pytest.raises(ValueError, match="Unknown task preset 'depth'"):
         apply_preset(image, mask, "depth")
+
+
+def _analytic_image():
+    """A deterministic test card (no RNG): sine grating in R, a disc in G, a ramp in B (uint8)."""
+    import numpy as np
+
+    y, x = np.mgrid[0:96, 0:128].astype(np.float64)
+    r = 127.5 + 100 * np.sin(x / 7) * np.cos(y / 11)
+    g = 255.0 * (((x - 60) ** 2 + (y - 45) ** 2) < 900)
+    b = np.clip(40 + 2 * x, 0, 255)
+    return np.clip(np.round(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
+
+
+# cv2.Canny(img, lo, hi) on _analytic_image(), recorded with opencv-python-headless 5.0.0:
+# (edge count, sum of flat indices, sum of squared flat indices mod 1000003)
+CV2_GOLDEN = {(100, 200): (202, 1180498, 579586), (50, 150): (205, 1189310, 474470),
+              (150, 300): (200, 1161807, 895306)}
+
+
+@pytest.mark.parametrize("thresholds", sorted(CV2_GOLDEN))
+def test_canny_matches_opencv(thresholds):
+    img = _analytic_image()
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    idx = torch.nonzero(canny(t, *thresholds)[0, 0].flatten()).flatten().long()
+    got = (int(idx.numel()), int(idx.sum()), int((idx * idx).sum() % 1000003))
+    assert got == CV2_GOLDEN[thresholds]
+    try:
+        import cv2  # optional: compare pixel for pixel when OpenCV happens to be installed
+    except ImportError:
+        return
+    assert torch.equal(canny(t, *thresholds)[0, 0].bool(), torch.from_numpy(cv2.Canny(img, *thresholds) > 0))
