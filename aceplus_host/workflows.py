@@ -348,7 +348,7 @@ def check_workflow(workflow: dict, object_info: dict, expected_missing: Iterable
                 report.errors.append(f"{where}: input {name!r}: {problem}")
         for inp in node.get("inputs") or []:
             name = inp.get("name")
-            if name not in specs:
+            if name not in specs and not inp.get("widget"):  # helper widgets (upload) have sockets too
                 report.errors.append(f"{where}: has an input socket {name!r} the server's definition does not have")
         for name, spec in specs.items():
             if spec.required and name not in linked and name not in values:

@@ -1,0 +1,116 @@
+"""Test helpers for the shipped workflows: load them, adapt them to the tiny fixtures, drive a browser.
+
+The conversion itself lives in ``aceplus_host.workflows`` (importable without ComfyUI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from aceplus_host.workflows import MODE_BYPASS, MODE_NEVER, VIRTUAL_TYPES, replace_values, ui_to_api
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+INPUTS = WORKFLOWS / "inputs"
+SCREENSHOTS = ROOT / "docs" / "images" / "workflows"
+
+# The released weights the workflows name -> the tiny random fixtures (tests/fixtures.py).
+RELEASED_TO_FIXTURE = {
+    "flux1-fill-dev.safetensors": "tiny_fill.safetensors",
+    "ace_plus_fft.safetensors": "tiny_fft.safetensors",
+    "comfyui_subject_lora16.safetensors": "tiny_lora_r16.safetensors",
+    "comfyui_portrait_lora64.safetensors": "tiny_lora_r16.safetensors",
+    "comfyui_local_lora16.safetensors": "tiny_lora_r16.safetensors",
+    "ae.safetensors": "tiny_vae.safetensors",
+}
+TEXT_ENCODER_FILES = ("clip_l.safetensors", "t5xxl_fp16.safetensors")
+RELEASED_FILES = tuple(RELEASED_TO_FIXTURE) + TEXT_ENCODER_FILES
+
+
+def shipped_workflows() -> dict[str, dict]:
+    """Every ``workflows/*.json`` by file stem."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json"))}
+
+
+def copy_inputs(input_dir: Path) -> None:
+    """Put the example images where LoadImage reads them (what the user does by hand)."""
+    input_dir.mkdir(parents=True, exist_ok=True)
+    for path in INPUTS.glob("*.png"):
+        shutil.copy2(path, input_dir / path.name)
+
+
+def active_nodes(workflow: dict, kind: str) -> list[dict]:
+    return [n for n in workflow["nodes"] if n["type"] == kind and n.get("mode", 0) not in (MODE_NEVER, MODE_BYPASS)]
+
+
+def for_tiny_models(workflow: dict, object_info: dict) -> dict:
+    """The API prompt of a shipped workflow with only the model files and text encoders swapped.
+
+    Model file names become the tiny fixtures; every CLIPTextEncode becomes the test-only
+    ``ACEPPTest_RandomConditioning`` with the same text (T5-XXL cannot be shrunk), and the
+    DualCLIPLoader it read from is dropped. Nothing else changes.
+    """
+    prompt = replace_values(ui_to_api(workflow, object_info), RELEASED_TO_FIXTURE)
+    dropped = set()
+    for nid, node in list(prompt.items()):
+        if node["class_type"] == "CLIPTextEncode":
+            prompt[nid] = {"class_type": "ACEPPTest_RandomConditioning",
+                           "inputs": {"text": node["inputs"]["text"], "tokens": 8}}
+        elif node["class_type"] == "DualCLIPLoader":
+            dropped.add(nid)
+            del prompt[nid]
+    for nid, node in prompt.items():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value and value[0] in dropped:
+                raise AssertionError(f"node {nid} ({node['class_type']}).{name} still reads the dropped text "
+                                     "encoder loader: only CLIPTextEncode may use it")
+    return prompt
+
+
+def load_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 H, W, 3; edit mask bool H, W) the way LoadImage reads a file: mask = alpha 0."""
+    img = Image.open(path)
+    rgb = np.asarray(img.convert("RGB"))
+    if "A" in img.getbands():
+        mask = np.asarray(img.getchannel("A")) < 128  # LoadImage: mask = 1 - alpha
+    else:
+        mask = np.zeros(rgb.shape[:2], dtype=bool)
+    return rgb, mask
+
+
+def linked_source(workflow: dict, node_id: int, input_name: str) -> tuple[dict, int] | None:
+    """(origin node, origin slot) feeding ``input_name`` of node ``node_id``."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for inp in nodes[node_id]["inputs"]:
+        if inp["name"] == input_name and inp.get("link") is not None:
+            link = next(lk for lk in workflow["links"] if lk[0] == inp["link"])
+            return nodes[link[1]], link[2]
+    return None
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("ACEPP_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
+                      shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def frontend_root() -> Path | None:
+    """The static folder of the installed ``comfyui-frontend-package``, or None."""
+    try:
+        import comfyui_frontend_package
+    except ImportError:
+        return None
+    static = Path(comfyui_frontend_package.__file__).resolve().parent / "static"
+    return static if (static / "index.html").is_file() else None
+
+
+__all__ = ["VIRTUAL_TYPES", "RELEASED_FILES", "RELEASED_TO_FIXTURE", "active_nodes", "chromium_path", "copy_inputs",
+           "for_tiny_models", "frontend_root", "linked_source", "load_rgba", "shipped_workflows"]

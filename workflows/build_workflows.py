@@ -1,0 +1,421 @@
+"""Write the shipped UI-format workflows (``workflows/*.json``) from the specs below.
+
+    python workflows/build_workflows.py            # starts a headless ComfyUI for /object_info
+    python workflows/build_workflows.py --object-info object_info.json
+
+The JSON files are what users drag into ComfyUI (and what ComfyUI lists as this pack's
+templates); they are committed. This script is how they are made and changed: widget
+values are given by input name here and placed in the positional order the front end
+uses, read from the server's node definitions, so a reordered node definition never
+silently shifts a value. tests/test_workflows_*.py load, check, run and screenshot them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from aceplus_host.workflows import input_specs, widget_layout  # noqa: E402
+
+# Released file names (ace_plus_reference.md section 3 and the FLUX releases).
+FILL = "flux1-fill-dev.safetensors"
+FFT = "ace_plus_fft.safetensors"
+SUBJECT_LORA = "comfyui_subject_lora16.safetensors"
+PORTRAIT_LORA = "comfyui_portrait_lora64.safetensors"
+LOCAL_LORA = "comfyui_local_lora16.safetensors"
+CLIP_L = "clip_l.safetensors"
+T5 = "t5xxl_fp16.safetensors"
+VAE = "ae.safetensors"
+RELEASED_FILES = (FILL, FFT, SUBJECT_LORA, PORTRAIT_LORA, LOCAL_LORA, CLIP_L, T5, VAE)
+STEPS, GUIDANCE = 28, 50.0  # the release's defaults
+
+FOLDERS = f"""**Model files** (ComfyUI/models/...):
+- diffusion_models/{FILL} (black-forest-labs/FLUX.1-Fill-dev)
+- loras/{SUBJECT_LORA}, {PORTRAIT_LORA}, {LOCAL_LORA} (ali-vilab/ACE_plus)
+- text_encoders/{CLIP_L}, {T5} (comfyanonymous/flux_text_encoders; clip/ works too)
+- vae/{VAE} (FLUX.1 VAE)"""
+
+# Helper-widget values the front end stores after some widgets (see aceplus_host.workflows).
+HELPER_DEFAULTS = {"INT": "fixed", "FLOAT": "fixed", "COMBO": "image"}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[float, float]
+    size: tuple[float, float]
+    widgets: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+    text: str | None = None  # Note / MarkdownNote
+    color: tuple[str, str] | None = None
+
+
+class Graph:
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes: list[Node] = []
+        self.links: list[list] = []  # [id, origin, origin_slot, target, target_name, type]
+
+    def add(self, kind: str, pos, size=None, title=None, **widgets) -> Node:
+        if kind not in ("Note", "MarkdownNote"):
+            specs = {s.name for s in input_specs(self.info[kind]) if s.is_widget}
+            unknown = set(widgets) - specs
+            if unknown:
+                raise ValueError(f"{kind} has no widget(s) {sorted(unknown)}; it has {sorted(specs)}")
+        node = Node(len(self.nodes) + 1, kind, pos, size or self.size_of(kind), dict(widgets), title)
+        self.nodes.append(node)
+        return node
+
+    def note(self, text: str, pos, size=(430, 300), title="Read me") -> Node:
+        node = Node(len(self.nodes) + 1, "MarkdownNote", pos, size, title=title, text=text)
+        self.nodes.append(node)
+        return node
+
+    def size_of(self, kind: str) -> tuple[float, float]:
+        specs = input_specs(self.info[kind])
+        sockets = sum(not s.is_widget for s in specs)
+        widgets = len(widget_layout(self.info[kind]))
+        outputs = len(self.info[kind]["output"])
+        height = 34 + 22 * max(sockets, outputs) + 24 * widgets
+        if kind == "LoadImage":
+            height = 330  # room for the preview
+        if kind == "CLIPTextEncode":
+            return (400, 170)
+        return (320 if widgets else 240, height)
+
+    def connect(self, src: Node, out: int | str, dst: Node, inp: str) -> None:
+        outputs = self.info[src.type]["output"]
+        names = self.info[src.type]["output_name"]
+        slot = out if isinstance(out, int) else names.index(out)
+        self.links.append([len(self.links) + 1, src.id, slot, dst.id, inp, outputs[slot]])
+
+    # -- UI JSON --------------------------------------------------------------------------
+    def to_ui(self) -> dict:
+        nodes_json = []
+        for order, node in enumerate(self.nodes):
+            nodes_json.append(self._node_json(node, order))
+        links_json = []
+        for lid, origin, oslot, target, tname, ltype in self.links:
+            tnode = next(n for n in nodes_json if n["id"] == target)
+            tslot = next(i for i, inp in enumerate(tnode["inputs"]) if inp["name"] == tname)
+            tnode["inputs"][tslot]["link"] = lid
+            onode = next(n for n in nodes_json if n["id"] == origin)
+            onode["outputs"][oslot]["links"].append(lid)
+            links_json.append([lid, origin, oslot, target, tslot, ltype])
+        return {"id": "", "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+                "nodes": nodes_json, "links": links_json, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}}, "version": 0.4}
+
+    def _node_json(self, node: Node, order: int) -> dict:
+        base = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+                "order": order, "mode": 0}
+        if node.title:
+            base["title"] = node.title
+        if node.type in ("Note", "MarkdownNote"):
+            base.update(inputs=[], outputs=[], properties={}, widgets_values=[node.text],
+                        color="#432", bgcolor="#653")
+            return base
+        info = self.info[node.type]
+        specs = input_specs(info)
+        inputs = [{"name": s.name, "type": s.type, "link": None} | ({"shape": 7} if not s.required else {})
+                  for s in specs if not s.is_widget]
+        values = []
+        for spec in specs:
+            if not spec.is_widget:
+                continue
+            value = node.widgets.get(spec.name, spec.options.get("default"))
+            if value is None and spec.type == "COMBO" and spec.combo:
+                value = spec.combo[0]
+            if value is None:
+                raise ValueError(f"{node.type}.{spec.name} needs a value (no default)")
+            values.append(value)
+            inputs.append({"name": spec.name, "type": spec.type, "widget": {"name": spec.name}, "link": None})
+            for _ in range(spec.helper_widgets):
+                values.append(HELPER_DEFAULTS[spec.type])
+                if spec.type == "COMBO":  # the upload button has a socket of its own
+                    inputs.append({"name": "upload", "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None})
+        outputs = [{"name": name, "type": kind, "links": []}
+                   for name, kind in zip(info["output_name"], info["output"])]
+        base.update(inputs=inputs, outputs=outputs, properties={"Node name for S&R": node.type},
+                    widgets_values=values)
+        if node.color:
+            base["color"], base["bgcolor"] = node.color
+        return base
+
+
+# -- the shared parts of every workflow ----------------------------------------------------------
+
+X_LOAD, X_TEXT, X_COND, X_SAMPLE, X_SAVE = 0, 470, 930, 1290, 1630
+
+
+@dataclass
+class Common:
+    loader: Node
+    clip: Node
+    positive: Node
+    negative: Node
+    vae: Node
+
+
+def common(g: Graph, prompt: str, model: str = FILL, lora: str | None = SUBJECT_LORA, lora_strength: float = 1.0,
+           weight_dtype: str = "default", y0: float = 330) -> Common:
+    loader_widgets = dict(model_name=model, weight_dtype=weight_dtype)
+    if lora:
+        loader_widgets.update(lora_1=lora, strength_1=lora_strength)
+    loader = g.add("ACEPP_Loader", (X_LOAD, y0), **loader_widgets)
+    clip = g.add("DualCLIPLoader", (X_LOAD, y0 + 290), clip_name1=CLIP_L, clip_name2=T5, type="flux")
+    vae = g.add("VAELoader", (X_LOAD, y0 + 440), vae_name=VAE)
+    positive = g.add("CLIPTextEncode", (X_TEXT, 0), title="Instruction (positive)", text=prompt)
+    negative = g.add("CLIPTextEncode", (X_TEXT, 200), size=(400, 100), title="Negative (unused at cfg 1)", text="")
+    g.connect(clip, 0, positive, "clip")
+    g.connect(clip, 0, negative, "clip")
+    return Common(loader, clip, positive, negative, vae)
+
+
+def finish(g: Graph, c: Common, name: str, *, edit: Node | None = None, mask: bool = True,
+           reference: Node | None = None, more: Node | None = None, control: Node | None = None,
+           seed: int = 42, **cond_widgets) -> Node:
+    cond = g.add("ACEPP_Conditioning", (X_COND, 0), guidance=GUIDANCE, **cond_widgets)
+    g.connect(c.positive, 0, cond, "positive")
+    g.connect(c.negative, 0, cond, "negative")
+    g.connect(c.vae, 0, cond, "vae")
+    g.connect(c.loader, 0, cond, "model")
+    if edit is not None:
+        g.connect(edit, "IMAGE", cond, "edit_image")
+        if mask:
+            g.connect(edit, "MASK", cond, "mask")
+    if reference is not None:
+        g.connect(reference, "IMAGE", cond, "reference")
+    if more is not None:
+        g.connect(more, 0, cond, "more_references")
+    if control is not None:
+        g.connect(control, "IMAGE", cond, "control_image")
+    sampler = g.add("ACEPP_Sampler", (X_SAMPLE, 0), seed=seed, steps=STEPS, cfg=1.0)
+    g.connect(c.loader, 0, sampler, "model")
+    for out, inp in ((0, "positive"), (1, "negative"), (2, "latent"), (3, "layout")):
+        g.connect(cond, out, sampler, inp)
+    g.connect(c.vae, 0, sampler, "vae")
+    save = g.add("SaveImage", (X_SAVE, 0), size=(420, 460), filename_prefix=f"ACE++/{name}")
+    g.connect(sampler, 0, save, "images")
+    return save
+
+
+def load_image(g: Graph, file: str, pos, title: str) -> Node:
+    return g.add("LoadImage", pos, title=title, image=file)
+
+
+INPUT_NOTE = ("**Inputs:** the example images are in this pack's `workflows/inputs/`; copy them into "
+              "`ComfyUI/input/` (or run `python workflows/make_examples.py --copy-to ComfyUI/input`), then "
+              "replace them with your own.")
+
+
+def note_text(title: str, what: str, models: str, inputs: str) -> str:
+    return f"## {title}\n\n{what}\n\n{models}\n\n{inputs}\n\n{INPUT_NOTE}\n\n" \
+           f"Defaults are the release's: guidance {GUIDANCE:g}, {STEPS} steps, euler, cfg 1."
+
+
+def models_line(*files: str) -> str:
+    where = {FILL: "diffusion_models", FFT: "diffusion_models", SUBJECT_LORA: "loras", PORTRAIT_LORA: "loras",
+             LOCAL_LORA: "loras", CLIP_L: "text_encoders", T5: "text_encoders", VAE: "vae"}
+    lines = [f"- `models/{where[f]}/{f}`" for f in files + (CLIP_L, T5, VAE)]
+    return "**Models** (ComfyUI/models/...):\n" + "\n".join(lines)
+
+
+# -- the workflows -----------------------------------------------------------------------------
+
+
+def subject_generation(info: dict) -> dict:
+    g = Graph(info)
+    g.note(note_text("ACE++ subject-driven generation",
+                     "Generates a new image of the subject in the reference, placed as the instruction says "
+                     "(FLUX.1-Fill-dev + the ACE++ subject LoRA). No edit image: the output is width x height "
+                     "on the Conditioning node.",
+                     models_line(FILL, SUBJECT_LORA),
+                     "**Change:** the reference image (your subject, ideally on a plain background), the "
+                     "instruction, and width/height."), (X_LOAD, -40), size=(430, 360))
+    c = common(g, "Display this toy robot on a wooden shelf in a sunny children's room, product photo.",
+               lora=SUBJECT_LORA, y0=360)
+    ref = load_image(g, "acepp_subject_robot.png", (X_TEXT, 340), "Reference (subject)")
+    finish(g, c, "subject", reference=ref)
+    return g.to_ui()
+
+
+def portrait_generation(info: dict) -> dict:
+    g = Graph(info)
+    g.note(note_text("ACE++ portrait-consistent generation",
+                     "Generates a new picture of the person in the reference with the same face "
+                     "(FLUX.1-Fill-dev + the ACE++ portrait LoRA, rank 64).",
+                     models_line(FILL, PORTRAIT_LORA),
+                     "**Change:** the reference (a clear, front-facing face), the instruction (start with "
+                     "\"Maintain the facial features\"), and width/height."), (X_LOAD, -40), size=(430, 360))
+    c = common(g, "Maintain the facial features. A photo of this person reading a book in a cosy cafe, "
+                  "warm light.", lora=PORTRAIT_LORA, y0=360)
+    ref = load_image(g, "acepp_portrait_face.png", (X_TEXT, 340), "Reference (face)")
+    finish(g, c, "portrait", reference=ref)
+    return g.to_ui()
+
+
+def reference_editing(info: dict, fft: bool = False, low_vram: bool = False) -> dict:
+    g = Graph(info)
+    model, lora = (FFT, None) if fft else (FILL, SUBJECT_LORA)
+    if fft:
+        title = "ACE++ reference editing, FFT model"
+        what = ("Pastes the reference (a logo, a garment, an object) into the masked area of the edit image "
+                "with the ACE++ full fine-tune (448-channel input, no LoRA). The ACE++ Conditioning node sees "
+                "the model's input width and builds the FFT canvas (edit + modify latents) by itself.")
+        models = models_line(FFT).replace("- `models/text", "- (FFT: 23.8 GB; on less than 32 GB of VRAM "
+                                                           "set weight_dtype fp8_e4m3fn rather than using "
+                                                           "ace_plus_fft_fp8.safetensors, whose output is "
+                                                           "reported red)\n- `models/text", 1)
+    elif low_vram:
+        title = "ACE++ reference editing, low VRAM (fp8)"
+        what = ("The reference-editing workflow with the diffusion model cast to fp8 at load "
+                "(weight_dtype fp8_e4m3fn: about 12 GB instead of 24 GB). "
+                "GGUF: install city96/ComfyUI-GGUF, put e.g. flux1-fill-dev-Q4_K_S.gguf in models/unet, and "
+                "replace ACE++ Loader by Unet Loader (GGUF) -> LoraLoaderModelOnly (the ACE++ LoRA) -> the "
+                "model inputs of ACE++ Conditioning and Sampler: they accept any FLUX-Fill MODEL. A fp8 T5 "
+                "(t5xxl_fp8_e4m3fn.safetensors) in DualCLIPLoader saves another 5 GB of RAM.")
+        models = models_line(FILL, SUBJECT_LORA)
+    else:
+        title = "ACE++ reference editing (logo paste, try-on)"
+        what = ("Pastes the reference (a logo, a garment, an object) into the masked area of the edit image "
+                "(FLUX.1-Fill-dev + the ACE++ subject LoRA). The output has the edit image's size and every "
+                "pixel outside the mask is kept.")
+        models = models_line(FILL, SUBJECT_LORA)
+    g.note(note_text(title, what, models,
+                     "**Change:** the edit image and its mask (right-click the Load Image node > Open in "
+                     "MaskEditor, paint where the reference goes), the reference, and the instruction."),
+           (X_LOAD, -40), size=(430, 400 if not low_vram else 460))
+    c = common(g, "The logo is printed on the front of the white T-shirt.", model=model, lora=lora,
+               weight_dtype="fp8_e4m3fn" if low_vram else "default", y0=460 if low_vram else 400)
+    edit = load_image(g, "acepp_shirt_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
+    ref = load_image(g, "acepp_logo.png", (X_TEXT, 710), "Reference (logo)")
+    finish(g, c, "reference_edit_fft" if fft else ("reference_edit_fp8" if low_vram else "reference_edit"),
+           edit=edit, reference=ref)
+    return g.to_ui()
+
+
+LOCAL_TASKS = {
+    "repainting": ("Regenerates the masked area from the instruction alone (the area is blanked).",
+                   "A small wooden windmill stands in the meadow."),
+    "recolorizing": ("Recolours the masked area: a grayscale copy is pasted in as the guide, the instruction "
+                     "gives the colours.", "The house is painted bright blue with a white roof."),
+    "mosaic": ("Restores a pixelated area: the masked area is pixelated as the guide and redrawn sharp.",
+               "A detailed red wooden cottage with a dark roof."),
+    "canny": ("Redraws the masked area following its own edges (canny 100/200): changes the look, keeps "
+              "the shapes.", "A stone cottage with a slate roof."),
+    "control": ("Draws the masked area following YOUR control image (contours, depth or pose map, the edit "
+                "image's size), pasted inside the mask.", "A tall grey stone tower with small windows."),
+}
+
+
+def local_editing(info: dict, task: str) -> dict:
+    g = Graph(info)
+    what, prompt = LOCAL_TASKS[task]
+    extra = ("\n\nThe control image must have the edit image's size; only its part inside the mask is used."
+             if task == "control" else "")
+    g.note(note_text(f"ACE++ local editing: {task}",
+                     what + " FLUX.1-Fill-dev + the ACE++ local-editing LoRA; the output has the edit image's "
+                     "size and every pixel outside the mask is kept." + extra,
+                     models_line(FILL, LOCAL_LORA),
+                     "**Change:** the edit image and its mask (right-click > Open in MaskEditor), the "
+                     "instruction; `task` on ACE++ Conditioning picks the preset (repainting_scale -1 = the "
+                     "preset's own)."), (X_LOAD, -40), size=(430, 400))
+    c = common(g, prompt, lora=LOCAL_LORA, y0=400)
+    edit = load_image(g, "acepp_landscape_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
+    control = None
+    if task == "control":
+        control = load_image(g, "acepp_control_contours.png", (X_TEXT, 710), "Control image (contours)")
+    finish(g, c, f"local_{task}", edit=edit, control=control, task=task)
+    return g.to_ui()
+
+
+def instruction_editing(info: dict) -> dict:
+    g = Graph(info)
+    g.note(note_text("ACE++ instruction editing (no mask)",
+                     "Edits the whole image as the instruction says; no mask (the whole image is the edit "
+                     "area). FLUX.1-Fill-dev + the ACE++ local-editing LoRA; the ACE++ FFT model "
+                     f"({FFT}) can replace it for broad edits.",
+                     models_line(FILL, LOCAL_LORA),
+                     "**Change:** the image and the instruction. To protect parts of the image, use a local "
+                     "editing workflow with a mask instead."), (X_LOAD, -40), size=(430, 360))
+    c = common(g, "Make it a snowy winter evening, keep the buildings and the car.", lora=LOCAL_LORA, y0=360)
+    edit = load_image(g, "acepp_street.png", (X_TEXT, 340), "Image to edit")
+    finish(g, c, "instruction_edit", edit=edit, mask=False)
+    return g.to_ui()
+
+
+def multi_reference(info: dict) -> dict:
+    g = Graph(info)
+    g.note(note_text("ACE++ multi-reference generation",
+                     "Generates one image from three references: the `reference` input, then each ACE++ Add "
+                     "Reference in the chain, placed left to right on the canvas. The token budget goes to "
+                     "the output first; the references share the rest. FLUX.1-Fill-dev + the ACE++ subject "
+                     "LoRA (trained on one reference: more references work, with looser fidelity).",
+                     models_line(FILL, SUBJECT_LORA),
+                     "**Change:** the references (add more with further Add Reference nodes), the instruction "
+                     "(name each reference), width/height."), (X_LOAD, -40), size=(430, 400))
+    c = common(g, "The toy robot wears the black top hat and sits in the green armchair.", lora=SUBJECT_LORA,
+               y0=400)
+    ref1 = load_image(g, "acepp_subject_robot.png", (X_TEXT, 340), "Reference 1 (robot)")
+    ref2 = load_image(g, "acepp_ref_hat.png", (X_TEXT, 710), "Reference 2 (hat)")
+    ref3 = load_image(g, "acepp_ref_armchair.png", (X_TEXT, 1080), "Reference 3 (armchair)")
+    add2 = g.add("ACEPP_AddReference", (X_COND, 760), title="Add Reference 2")
+    add3 = g.add("ACEPP_AddReference", (X_COND, 880), title="Add Reference 3")
+    g.connect(ref2, "IMAGE", add2, "image")
+    g.connect(add2, 0, add3, "references")
+    g.connect(ref3, "IMAGE", add3, "image")
+    finish(g, c, "multi_reference", reference=ref1, more=add3)
+    return g.to_ui()
+
+
+WORKFLOWS = {
+    "ace_subject_generation": subject_generation,
+    "ace_portrait_generation": portrait_generation,
+    "ace_reference_editing": reference_editing,
+    **{f"ace_local_{task}": (lambda info, task=task: local_editing(info, task)) for task in LOCAL_TASKS},
+    "ace_instruction_editing": instruction_editing,
+    "ace_multi_reference_generation": multi_reference,
+    "ace_reference_editing_fft": lambda info: reference_editing(info, fft=True),
+    "ace_reference_editing_low_vram": lambda info: reference_editing(info, low_vram=True),
+}
+
+
+def build(object_info: dict, out: Path = HERE) -> list[Path]:
+    paths = []
+    for name, make in WORKFLOWS.items():
+        path = out / f"{name}.json"
+        workflow = make(object_info)
+        workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"aceplusplus/workflows/{name}"))  # stable across builds
+        path.write_text(json.dumps(workflow, indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
+def fetch_object_info() -> dict:
+    from aceplus_host import ComfyServer, cache_dir
+
+    with ComfyServer(cache_dir() / "workflow_builder") as server:
+        return server.object_info()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--object-info", type=Path, help="a saved /object_info JSON instead of starting ComfyUI")
+    args = parser.parse_args()
+    info = json.loads(args.object_info.read_text()) if args.object_info else fetch_object_info()
+    for path in build(info):
+        print(path.name)  # noqa: T201 (a command-line report)
+
+
+if __name__ == "__main__":
+    main()
