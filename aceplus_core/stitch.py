@@ -161,7 +161,11 @@ def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequ
     right_rows, right_cols = rows, cols[xs:] - S
 
     def gather(img: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return img.index_select(2, r).index_select(3, c)
+        # out[..., i, j] = img[..., r[i], c[j]]; rows by index_select, columns by gather (several
+        # times faster than index_select on the last dim)
+        rows_first = img.index_select(2, r)                                     # b, C, h, W_in
+        idx = c.view(1, 1, 1, -1).expand(*rows_first.shape[:3], c.numel())
+        return rows_first.gather(3, idx)
 
     strip = torch.full((max([r.shape[0] for r in refs], default=1), 3, H, xs), MID_GREY, device=device)
     ref_boxes, content_boxes = [], []
