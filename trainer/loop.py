@@ -161,9 +161,12 @@ def train(cfg: Config) -> dict:
     samples, report = load_samples(cfg)
     out = Path(cfg.run.output_dir)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun's WORLD_SIZE on CPU machines
         mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    log.info("accelerate: %s, %d process(es), device %s, mixed precision %s", accelerator.distributed_type, world,
+             device, accelerator.mixed_precision)
     keys = cache_mod.run_cache_pass(cfg, samples, dit_shapes, is_main=accelerator.is_main_process)
     accelerator.wait_for_everyone()
     index = cache_mod.read_index(cfg, keys)

@@ -152,3 +152,13 @@ def evaluate(model, cfg, index: list, s_value: float = 0.5, seed: int = 1234) ->
             l1s.append(float(((x0_hat - batch["x0"]).abs() * m).sum() / (m.sum() * 16)))
             losses.append(float(loss))
     return {"loss": sum(losses) / len(losses), "masked_l1": sum(l1s) / len(l1s)}
+
+
+def to_toml(cfg: dict) -> str:
+    """Two-level dict of scalars/lists -> TOML (JSON literals are valid TOML for these types)."""
+    lines = []
+    for sec, vals in cfg.items():
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in vals.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
