@@ -68,6 +68,29 @@ def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not supported; use one of {choices}.")
 
 
+def _check_options(policy: str, reference_fit: str, aspect_mode: str, crop_mode: str, max_tokens: int,
+                   target_tokens: int, repainting_scale: float, max_aspect: float,
+                   reference_height_jitter: Optional[Tuple[float, float]]) -> None:
+    _check_choice("policy", policy, POLICIES)
+    _check_choice("reference_fit", reference_fit, REFERENCE_FITS)
+    _check_choice("aspect_mode", aspect_mode, ASPECT_MODES)
+    _check_choice("crop_mode", crop_mode, CROP_MODES)
+    for name, v in (("max_tokens", max_tokens), ("target_tokens", target_tokens)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    if not (isinstance(repainting_scale, (int, float)) and 0.0 <= float(repainting_scale) <= 1.0):
+        raise ValueError(f"repainting_scale must be in [0, 1], got {repainting_scale!r}.")
+    if not (isinstance(max_aspect, (int, float)) and max_aspect >= 1.0 and math.isfinite(max_aspect)):
+        raise ValueError(f"max_aspect must be a finite number >= 1, got {max_aspect!r}.")
+    if reference_height_jitter is not None:
+        lo, hi = reference_height_jitter
+        if not (0.0 < lo <= hi <= 1.0):
+            raise ValueError(
+                f"reference_height_jitter must satisfy 0 < lo <= hi <= 1, got {reference_height_jitter!r}; "
+                "the release uses (1/3, 1)."
+            )
+
+
 def _aspect(image_hw: Tuple[int, int], what: str, max_aspect: float, aspect_mode: str
             ) -> Optional[Tuple[int, int, int, int]]:
     """None when within ``max_aspect``; the crop (top, left, h, w) in crop mode; else ValueError."""
@@ -130,22 +153,8 @@ def build_canvas(
     with_target: build ``Canvas.target`` (the un-blanked canvas, the trainer's x0). Default (None):
         only when ``target_image`` is given, since inference does not need it (saves a canvas copy).
     """
-    # ---- options
-    _check_choice("policy", policy, POLICIES)
-    _check_choice("reference_fit", reference_fit, REFERENCE_FITS)
-    _check_choice("aspect_mode", aspect_mode, ASPECT_MODES)
-    _check_choice("crop_mode", crop_mode, CROP_MODES)
-    for name, v in (("max_tokens", max_tokens), ("target_tokens", target_tokens)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-    if not (isinstance(repainting_scale, (int, float)) and 0.0 <= float(repainting_scale) <= 1.0):
-        raise ValueError(f"repainting_scale must be in [0, 1], got {repainting_scale!r}.")
-    if not (isinstance(max_aspect, (int, float)) and max_aspect >= 1.0 and math.isfinite(max_aspect)):
-        raise ValueError(f"max_aspect must be a finite number >= 1, got {max_aspect!r}.")
-    if reference_height_jitter is not None:
-        lo, hi = reference_height_jitter
-        if not (0.0 < lo <= hi <= 1.0):
-            raise ValueError(f"reference_height_jitter must satisfy 0 < lo <= hi <= 1, got {reference_height_jitter!r}.")
+    _check_options(policy, reference_fit, aspect_mode, crop_mode, max_tokens, target_tokens,
+                   repainting_scale, max_aspect, reference_height_jitter)
 
     # ---- images
     if edit_image is not None:
