@@ -116,3 +116,12 @@ def test_mask_size_mismatch(tr, small, caplog, mode):
         assert t["mask"].shape == (1, 1, 32, 32)
     else:
         assert len(samples) == 1 and report.skipped == {"mask_size_mismatch": 1}
+
+
+def test_example_configs_parse(tr):
+    config = tr[0]
+    found = sorted((Path(__file__).resolve().parent.parent / "trainer" / "configs").glob("*.toml"))
+    assert len(found) >= 5
+    kinds = {p.stem: config.load_config(p) for p in found}
+    assert not kinds["full_finetune_fft"].lora.enabled and kinds["full_finetune_fft"].learning_rate == 5e-5
+    assert kinds["continue_released_lora"].lora.init_from.endswith("comfyui_subject_lora16.safetensors")

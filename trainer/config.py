@@ -8,6 +8,7 @@ overrides any field (the value is parsed as TOML, falling back to a plain string
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
@@ -250,7 +251,7 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path} is not valid TOML: {e}") from e
     if data:
-        raw = _merge(raw, data)
+        raw = _merge(raw, copy.deepcopy(data))  # overrides below must not edit the caller's dict
     for ov in overrides:
         keys, value = parse_override(ov)
         node = raw

@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
@@ -67,6 +65,11 @@ def _dtype(name: str) -> torch.dtype:
 
 def load_dit(cfg: Config, device: torch.device) -> nn.Module:
     """ComfyUI's Flux module with the file's weights, on ``device``, in the storage dtype of the run."""
+    return load_base_model(cfg, device).diffusion_model
+
+
+def load_base_model(cfg: Config, device: torch.device):
+    """ComfyUI's ``BaseModel`` (model_base.Flux) for the file; ``.diffusion_model`` is the DiT."""
     import comfy.model_detection
     import comfy.model_management
     import comfy.sd
@@ -108,7 +111,7 @@ def load_dit(cfg: Config, device: torch.device) -> nn.Module:
     log.info("DiT %s: %.1f M parameters, hidden %d, %d heads, %d double / %d single blocks, weights %s",
              Path(cfg.model.dit).name, n / 1e6, hidden, heads, len(dit.double_blocks), len(dit.single_blocks),
              weight_dtype)
-    return dit
+    return model
 
 
 class OutOfPlaceAdds(torch.overrides.TorchFunctionMode):
@@ -300,14 +303,3 @@ def init_from_lora(model: Trainable, path: str) -> None:
             # keep the file's effective update exactly: (a_file / r) up_file = (a_cfg / r) up_ours
             lora.up.copy_(up * (alpha / lora.alpha))
     log.info("continued from LoRA %s (%d modules)", path, len(stems))
-
-
-def maybe_load_lora_file_as_config(path: str) -> Optional[dict]:
-    """(rank, alpha) of a LoRA file, to suggest config values."""
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as f:
-        for k in f.keys():
-            if k.endswith(".lora_down.weight"):
-                return {"rank": f.get_slice(k).get_shape()[0]}
-    return None
