@@ -209,3 +209,13 @@ def _save_screenshot(png: bytes, path: Path) -> None:
     img.thumbnail((1400, 1400))
     img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     assert path.stat().st_size < MAX_SCREENSHOT_BYTES, f"{path.name} is {path.stat().st_size} bytes"
+
+
+def test_front_end_converts_the_stock_graph_like_the_hand_written_prompt(page):
+    """Reroute, PrimitiveNode, bypass, mute, Note and a seed control: the rules the converter copies."""
+    from test_workflows_convert import TXT2IMG_API, txt2img_workflow
+
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf) }", txt2img_workflow())
+    front = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert strip_meta(front) == TXT2IMG_API
+    page.console.take()  # the stock checkpoint file is absent here; not the shipped workflows' concern
