@@ -65,8 +65,9 @@ def test_it_learns_copy_task(env):
     from trainer.testing import evaluate
 
     out = env["tmp"] / "learn"
-    cfg = load_config(data=_cfg(env, out, run={"max_steps": 20, "save_every": 10},
-                                lora={"rank": 16, "alpha": 16.0}, train={"lr": 2e-3, "scheduler": "constant"}))
+    cfg = load_config(data=_cfg(env, out, run={"max_steps": 20, "save_every": 10, "sample_every": 20},
+                                lora={"rank": 16, "alpha": 16.0}, train={"lr": 2e-3, "scheduler": "constant"},
+                                sample={"steps": 2, "indices": [0]}))
     result = train(cfg)
     samples, _ = load_samples(cfg)
     index = C.read_index(cfg, C.run_cache_pass(cfg, samples, {}))
@@ -79,6 +80,10 @@ def test_it_learns_copy_task(env):
     assert list((out / "logs").rglob("events.out.tfevents*")), "no TensorBoard log"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000010", "step-00000020"] or \
         sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000010", "step-00000020"]
+    from PIL import Image
+
+    with Image.open(out / "samples" / "step00000020_sample0.png") as im:  # cropped back to the input size
+        assert im.size == (64, 64)
     lora = load_file(str(result["export"]))
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in lora
     assert lora["lora_unet_single_blocks_0_linear1.alpha"].item() == 16.0

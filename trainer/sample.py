@@ -42,6 +42,7 @@ def euler_sample(model, cond: torch.Tensor, mask_px: torch.Tensor, ctx: torch.Te
     return x
 
 
+@torch.no_grad()
 def render_samples(model, cfg: Config, samples, paths: dict, step: int, accelerator=None) -> list[Path]:
     """Render ``cfg.sample.indices``; returns the written PNG paths."""
     import comfy.sd
