@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..aceplus_core import (REFERENCE_FITS, TASK_PRESETS, Canvas, apply_preset, build_canvas,
+from ..aceplus_core import (DEFAULT_REPAINTING_SCALE, REFERENCE_FITS, TASK_PRESETS, Canvas, apply_preset, build_canvas,
                            fft_condition_images, mask_to_b1hw, to_bchw, to_bhwc)
 from ..aceplus_core.layout import POLICIES
 from . import compat
@@ -24,6 +24,7 @@ from .types import Layout, LayoutBundle, ReferenceList, References
 
 log = logging.getLogger(__name__)
 
+NO_PREPROCESS = ("repainting", "no_preprocess")  # presets that leave the image as it is
 PRESET_SCALE = -1.0  # repainting_scale widget value meaning "the task preset's default"
 # Release parity: the released ComfyUI processors' budgets (LoRA processor widget 3072 x 2, FFT
 # processor 3072), reference fit and crop.
@@ -75,8 +76,11 @@ def make_canvas(edit_image: Optional[torch.Tensor], mask: Optional[torch.Tensor]
     scale = s.repainting_scale
     prepared = image
     if image is not None:
-        control = None if control_image is None else to_bchw(control_image)
-        prepared, preset_scale = apply_preset(image, mask_b1hw, s.task, control_image=control)
+        if s.task in NO_PREPROCESS:  # nothing to paste: skip the preset's full-size mask pass
+            prepared, preset_scale = image, DEFAULT_REPAINTING_SCALE[s.task]
+        else:
+            control = None if control_image is None else to_bchw(control_image)
+            prepared, preset_scale = apply_preset(image, mask_b1hw, s.task, control_image=control)
         scale = preset_scale if scale < 0 else scale
     elif s.task != "repainting":
         log.warning("ACE++: task %r needs an edit image; without one the canvas is generated from scratch.", s.task)

@@ -158,7 +158,8 @@ def test_local_editing_with_each_preset(comfy_server, inputs):
     e = add_load(g, "edit", names["edit"])
     control = add_load(g, "ref2", names["ref2"])
     saves = {}
-    presets = comfy_server.object_info("ACEPP_Conditioning")["ACEPP_Conditioning"]["input"]["required"]["task"][0]
+    spec = comfy_server.object_info("ACEPP_Conditioning")["ACEPP_Conditioning"]["input"]["required"]["task"]
+    presets = spec[1]["options"] if spec[0] == "COMBO" else spec[0]  # V3 combos: ["COMBO", {"options": [...]}]
     assert {"repainting", "no_preprocess", "recolorizing", "mosaic", "canny", "control"} <= set(presets)
     for preset in presets:
         saves[preset] = add_ace(g, f"local_{preset}", edit=e, mask=["edit", 1], cond={"task": preset},
