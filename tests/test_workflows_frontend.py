@@ -116,7 +116,7 @@ def frontend_server(fixture_paths):
             os.environ["ACEPP_FRONTEND_ROOT"] = old
     # A returning user: no template browser popping up over the graph on first start.
     # Readable screenshots: node text even when zoomed out to fit, no minimap.
-    server.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+    server.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
                               "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.2})
     yield server
     server.stop()
@@ -194,7 +194,10 @@ def test_loads(name, page, frontend_server):
     page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = 'hidden')")
     png = page.locator("#graph-canvas-container").screenshot()
     page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = '')")
-    _save_screenshot(png, SCREENSHOTS / f"{name}.png")
+    # docs/images/workflows is updated on request only (ACEPP_UPDATE_SCREENSHOTS=1): a test run leaves
+    # the committed pictures alone; otherwise they go to the cache for inspection.
+    folder = SCREENSHOTS if os.environ.get("ACEPP_UPDATE_SCREENSHOTS") == "1" else cache_dir() / "screenshots"
+    _save_screenshot(png, folder / f"{name}.png")
 
     errors = page.console.take()
     assert errors == [], errors
