@@ -390,12 +390,20 @@ WORKFLOWS = {
 }
 
 
-def build(object_info: dict, out: Path = HERE) -> list[Path]:
-    paths = []
+def make_all(object_info: dict) -> dict[str, dict]:
+    """Every shipped workflow by file stem, as the UI-format dict written to ``<stem>.json``."""
+    made = {}
     for name, make in WORKFLOWS.items():
-        path = out / f"{name}.json"
         workflow = make(object_info)
         workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"aceplusplus/workflows/{name}"))  # stable across builds
+        made[name] = workflow
+    return made
+
+
+def build(object_info: dict, out: Path = HERE) -> list[Path]:
+    paths = []
+    for name, workflow in make_all(object_info).items():
+        path = out / f"{name}.json"
         path.write_text(json.dumps(workflow, indent=1) + "\n")
         paths.append(path)
     return paths
