@@ -26,6 +26,9 @@ MLP = 4 * HIDDEN
 CONTEXT_DIM = 64  # stand-in "T5" width of the tiny models
 POOLED_DIM = 768  # CLIP-L pooled vector
 KINDS = {"fill": 96, "fft": 112, "dev": 16}  # unpatchified input channels; img_in = 4x
+# Version of ``tiny_vae_state_dict``; bump when its weights change, so cached files are rebuilt
+# (v1 kept ComfyUI's uninitialised memory: NaN latents; v3 draws and calibrates every weight).
+TINY_VAE_VERSION = 3
 
 # Module names (BFL) the released ACE++ LoRAs target, with (in, out) features.
 DOUBLE_TARGETS = {

@@ -35,12 +35,12 @@ FIXTURE_VERSION = 1  # bump to rebuild everything; per-file versions below rebui
 # The builders live in aceplus_host.tiny_models (the demo uses them too); re-exported here.
 from aceplus_host.tiny_models import (  # noqa: E402,F401
     CONTEXT_DIM, DOUBLE_TARGETS, HIDDEN, KINDS, MLP, POOLED_DIM, SINGLE_TARGETS, fixture_version, flux_state_dict,
-    lora_state_dict, random_metadata, save_safetensors, tiny_vae_state_dict,
+    TINY_VAE_VERSION, lora_state_dict, random_metadata, save_safetensors, tiny_vae_state_dict,
 )
 
 # name -> builder version; a cached file whose metadata holds an older version is rebuilt.
 # tiny_vae v3: weights drawn and calibrated (v1 kept ComfyUI's uninitialised memory: NaN latents).
-FILE_VERSIONS = {"tiny_vae": 3}
+FILE_VERSIONS = {"tiny_vae": TINY_VAE_VERSION}
 
 
 def fixtures_dir() -> Path:

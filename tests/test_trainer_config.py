@@ -125,3 +125,27 @@ def test_example_configs_parse(tr):
     kinds = {p.stem: config.load_config(p) for p in found}
     assert not kinds["full_finetune_fft"].lora.enabled and kinds["full_finetune_fft"].learning_rate == 5e-5
     assert kinds["continue_released_lora"].lora.init_from.endswith("comfyui_subject_lora16.safetensors")
+
+
+def test_tiny_models_are_the_shared_builders(tr, tmp_path):
+    """The trainer's tiny VAE / FLUX files are the shared ``aceplus_host.tiny_models`` builders' output
+    (seeded, every weight drawn, finite), and a cached VAE from an older builder is rebuilt."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from aceplus_host.tiny_models import KINDS, TINY_VAE_VERSION, fixture_version, flux_state_dict, tiny_vae_state_dict
+
+    testing = tr[3]
+    stale = tmp_path / "vae.safetensors"
+    save_file({"vae_scale": torch.tensor(1.0)}, str(stale))  # an old file: no builder version in its metadata
+    path = testing.tiny_vae_file(stale, seed=3)
+    assert fixture_version(path) == TINY_VAE_VERSION
+    got, want = load_file(str(path)), tiny_vae_state_dict(3)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.isfinite(v).all() for v in got.values())
+    assert not torch.equal(got["taesd_encoder.0.weight"], tiny_vae_state_dict(4)["taesd_encoder.0.weight"])
+
+    flux = load_file(str(testing.tiny_flux_file(tmp_path / "flux.safetensors", hidden=128, seed=5)))
+    ref = flux_state_dict(KINDS["fill"], depth=1, depth_single=1, hidden=128, seed=5, dtype=torch.float32)
+    assert set(flux) == set(ref) and all(torch.equal(flux[k], ref[k]) for k in ref)
+    assert flux["img_in.weight"].shape == (128, 384)

@@ -8,32 +8,30 @@ T = E outside M and R (resized to the box) inside M. The prompt is constant.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 def tiny_flux_file(path: Path, kind: str = "fill", hidden: int = 256, depth: int = 1, depth_single: int = 1,
                    seed: int = 0) -> Path:
-    """A random BFL-key FLUX file (hidden = 128 x heads; context 64, pooled 768) for ``model.num_heads = 0``."""
-    import torch
-    from safetensors.torch import save_file
+    """A random BFL-key FLUX file (hidden = 128 x heads; context 64, pooled 768) for ``model.num_heads = 0``.
 
-    tests = str(ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    from fixtures import flux_state_dict
+    Built by the shared ``aceplus_host.tiny_models.flux_state_dict`` (seeded, every weight drawn), in fp32.
+    """
+    import torch
+
+    from aceplus_host.tiny_models import KINDS, flux_state_dict, save_safetensors
 
     if not path.exists():
-        ch = {"fill": 96, "fft": 112, "dev": 16}[kind]
-        sd = flux_state_dict(ch, depth=depth, depth_single=depth_single, hidden=hidden, seed=seed,
+        sd = flux_state_dict(KINDS[kind], depth=depth, depth_single=depth_single, hidden=hidden, seed=seed,
                              dtype=torch.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(sd, str(path))
+        save_safetensors(sd, path)
     return path
 
 
@@ -96,32 +94,21 @@ def base_config(dit: Path, vae: Path, manifest: Path, out: Path, **sections) -> 
 
 
 def tiny_vae_file(path: Path, seed: int = 0) -> Path:
-    """A TAESD-layout 16-channel VAE with every weight initialised (seeded), FLUX scale/shift.
+    """The shared tiny TAESD-layout VAE (``aceplus_host.tiny_models.tiny_vae_state_dict``: 16 latent
+    channels, FLUX scale/shift, every weight drawn from ``seed`` and calibrated), cached at ``path``.
 
-    (ComfyUI builds TAESD with weight-init disabled, so a freshly constructed one holds
-    uninitialised memory, NaN included; ``tests/fixtures.tiny_vae`` inherits that.)
+    A cached file from an older builder (its metadata version is below ``TINY_VAE_VERSION``) is rebuilt.
     """
-    import torch
-    from safetensors.torch import save_file
+    from aceplus_host.tiny_models import (TINY_VAE_VERSION, fixture_version, random_metadata, save_safetensors,
+                                          tiny_vae_state_dict)
 
-    import comfy.taesd.taesd as taesd
-
+    if path.exists() and (fixture_version(path) or 1) < TINY_VAE_VERSION:
+        log.info("%s was built by an older VAE builder; rebuilding", path)
+        path.unlink()
     if not path.exists():
-        g = torch.Generator().manual_seed(seed)
-        model = taesd.TAESD(latent_channels=16)
-        sd = {}
-        for k, v in model.state_dict().items():
-            if k.endswith("bias"):
-                sd[k] = torch.zeros(v.shape)
-            elif v.ndim > 1:
-                fan_in = v[0].numel()
-                sd[k] = torch.randn(v.shape, generator=g) * (1.0 / fan_in) ** 0.5
-            else:
-                sd[k] = v.clone()
-        sd["vae_scale"] = torch.tensor(0.3611)
-        sd["vae_shift"] = torch.tensor(0.1159)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(sd, str(path))
+        save_safetensors(tiny_vae_state_dict(seed), path, random_metadata(f"trainer_tiny_vae_seed{seed}",
+                                                                          TINY_VAE_VERSION))
     return path
 
 
