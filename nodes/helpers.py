@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..aceplus_core import to_bchw
-from .sampler import finish
+from .sampler import crop_back_inputs, finish
 from .types import Layout, References
 
 
@@ -27,10 +27,7 @@ class CropBack(io.ComfyNode):
             inputs=[
                 io.Image.Input("canvas", tooltip="The decoded canvas (VAE Decode of the sampled ACE++ latent)."),
                 Layout.Input("layout", tooltip="layout from ACE++ Conditioning."),
-                io.Boolean.Input("composite", default=True,
-                                 tooltip="Take every pixel outside the mask from the input image, unchanged."),
-                io.Int.Input("feather", default=0, min=0, max=256,
-                             tooltip="With composite: fade the edit in over this many px inside the mask edge."),
+                *crop_back_inputs(),
             ],
             outputs=[io.Image.Output("image_out", display_name="image", tooltip="The result at the edit image's size.")],
         )

@@ -57,6 +57,16 @@ def finish(decoded_bhwc: torch.Tensor, bundle: LayoutBundle, composite: bool, fe
     return to_bhwc(out)
 
 
+def crop_back_inputs() -> list:
+    """The composite and feather widgets of ACE++ Sampler and ACE++ Crop Back (both feed ``finish``)."""
+    return [
+        io.Boolean.Input("composite", default=True,
+                         tooltip="Take every pixel outside the mask from the input image, unchanged."),
+        io.Int.Input("feather", default=0, min=0, max=256,
+                     tooltip="With composite: fade the edit in over this many px inside the mask edge."),
+    ]
+
+
 class Sampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -87,10 +97,7 @@ class Sampler(io.ComfyNode):
                 io.Boolean.Input("canvas_shift", default=True,
                                  tooltip="Set the FLUX time shift from the canvas token count (ACE++ schedule). "
                                          "Off: keep the model's own sampling (e.g. a ModelSamplingFlux node)."),
-                io.Boolean.Input("composite", default=True,
-                                 tooltip="Take every pixel outside the mask from the input image, unchanged."),
-                io.Int.Input("feather", default=0, min=0, max=256,
-                             tooltip="With composite: fade the edit in over this many px inside the mask edge."),
+                *crop_back_inputs(),
             ],
             outputs=[
                 io.Image.Output("image", tooltip="The result at the edit image's size."),

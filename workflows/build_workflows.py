@@ -230,42 +230,47 @@ def models_line(*files: str) -> str:
     return "**Models** (ComfyUI/models/...):\n" + "\n".join(lines)
 
 
+def start(info: dict, note: tuple[str, str, str, str], prompt: str, note_height: float,
+          **loader) -> tuple[Graph, Common]:
+    """A new graph: the "Read me" note (``note_text(*note)``) top left, the shared loaders below it."""
+    g = Graph(info)
+    g.note(note_text(*note), (X_LOAD, -40), size=(430, note_height))
+    return g, common(g, prompt, y0=note_height, **loader)
+
+
 # -- the workflows -----------------------------------------------------------------------------
 
 
 def subject_generation(info: dict) -> dict:
-    g = Graph(info)
-    g.note(note_text("ACE++ subject-driven generation",
-                     "Generates a new image of the subject in the reference, placed as the instruction says "
-                     "(FLUX.1-Fill-dev + the ACE++ subject LoRA). No edit image: the output is width x height "
-                     "on the Conditioning node.",
-                     models_line(FILL, SUBJECT_LORA),
-                     "**Change:** the reference image (your subject, ideally on a plain background), the "
-                     "instruction, and width/height."), (X_LOAD, -40), size=(430, 360))
-    c = common(g, "Display this toy robot on a wooden shelf in a sunny children's room, product photo.",
-               lora=SUBJECT_LORA, y0=360)
+    g, c = start(info, ("ACE++ subject-driven generation",
+                        "Generates a new image of the subject in the reference, placed as the instruction says "
+                        "(FLUX.1-Fill-dev + the ACE++ subject LoRA). No edit image: the output is width x height "
+                        "on the Conditioning node.",
+                        models_line(FILL, SUBJECT_LORA),
+                        "**Change:** the reference image (your subject, ideally on a plain background), the "
+                        "instruction, and width/height."),
+                 "Display this toy robot on a wooden shelf in a sunny children's room, product photo.", 360,
+                 lora=SUBJECT_LORA)
     ref = load_image(g, "acepp_subject_robot.png", (X_TEXT, 340), "Reference (subject)")
     finish(g, c, "subject", reference=ref)
     return g.to_ui()
 
 
 def portrait_generation(info: dict) -> dict:
-    g = Graph(info)
-    g.note(note_text("ACE++ portrait-consistent generation",
-                     "Generates a new picture of the person in the reference with the same face "
-                     "(FLUX.1-Fill-dev + the ACE++ portrait LoRA, rank 64).",
-                     models_line(FILL, PORTRAIT_LORA),
-                     "**Change:** the reference (a clear, front-facing face), the instruction (start with "
-                     "\"Maintain the facial features\"), and width/height."), (X_LOAD, -40), size=(430, 360))
-    c = common(g, "Maintain the facial features. A photo of this person reading a book in a cosy cafe, "
-                  "warm light.", lora=PORTRAIT_LORA, y0=360)
+    g, c = start(info, ("ACE++ portrait-consistent generation",
+                        "Generates a new picture of the person in the reference with the same face "
+                        "(FLUX.1-Fill-dev + the ACE++ portrait LoRA, rank 64).",
+                        models_line(FILL, PORTRAIT_LORA),
+                        "**Change:** the reference (a clear, front-facing face), the instruction (start with "
+                        "\"Maintain the facial features\"), and width/height."),
+                 "Maintain the facial features. A photo of this person reading a book in a cosy cafe, warm light.",
+                 360, lora=PORTRAIT_LORA)
     ref = load_image(g, "acepp_portrait_face.png", (X_TEXT, 340), "Reference (face)")
     finish(g, c, "portrait", reference=ref)
     return g.to_ui()
 
 
 def reference_editing(info: dict, fft: bool = False, low_vram: bool = False) -> dict:
-    g = Graph(info)
     model, lora = (FFT, None) if fft else (FILL, SUBJECT_LORA)
     if fft:
         title = "ACE++ reference editing, FFT model"
@@ -291,12 +296,11 @@ def reference_editing(info: dict, fft: bool = False, low_vram: bool = False) -> 
                 "(FLUX.1-Fill-dev + the ACE++ subject LoRA). The output has the edit image's size and every "
                 "pixel outside the mask is kept.")
         models = models_line(FILL, SUBJECT_LORA)
-    g.note(note_text(title, what, models,
-                     "**Change:** the edit image and its mask (right-click the Load Image node > Open in "
-                     "MaskEditor, paint where the reference goes), the reference, and the instruction."),
-           (X_LOAD, -40), size=(430, 400 if not low_vram else 460))
-    c = common(g, "The logo is printed on the front of the white T-shirt.", model=model, lora=lora,
-               weight_dtype="fp8_e4m3fn" if low_vram else "default", y0=460 if low_vram else 400)
+    change = ("**Change:** the edit image and its mask (right-click the Load Image node > Open in MaskEditor, "
+              "paint where the reference goes), the reference, and the instruction.")
+    g, c = start(info, (title, what, models, change), "The logo is printed on the front of the white T-shirt.",
+                 460 if low_vram else 400, model=model, lora=lora,
+                 weight_dtype="fp8_e4m3fn" if low_vram else "default")
     edit = load_image(g, "acepp_shirt_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
     ref = load_image(g, "acepp_logo.png", (X_TEXT, 710), "Reference (logo)")
     finish(g, c, "reference_edit_fft" if fft else ("reference_edit_fp8" if low_vram else "reference_edit"),
@@ -319,18 +323,16 @@ LOCAL_TASKS = {
 
 
 def local_editing(info: dict, task: str) -> dict:
-    g = Graph(info)
     what, prompt = LOCAL_TASKS[task]
     extra = ("\n\nThe control image must have the edit image's size; only its part inside the mask is used."
              if task == "control" else "")
-    g.note(note_text(f"ACE++ local editing: {task}",
-                     what + " FLUX.1-Fill-dev + the ACE++ local-editing LoRA; the output has the edit image's "
-                     "size and every pixel outside the mask is kept." + extra,
-                     models_line(FILL, LOCAL_LORA),
-                     "**Change:** the edit image and its mask (right-click > Open in MaskEditor), the "
-                     "instruction; `task` on ACE++ Conditioning picks the preset (repainting_scale -1 = the "
-                     "preset's own)."), (X_LOAD, -40), size=(430, 400))
-    c = common(g, prompt, lora=LOCAL_LORA, y0=400)
+    g, c = start(info, (f"ACE++ local editing: {task}",
+                        what + " FLUX.1-Fill-dev + the ACE++ local-editing LoRA; the output has the edit image's "
+                        "size and every pixel outside the mask is kept." + extra,
+                        models_line(FILL, LOCAL_LORA),
+                        "**Change:** the edit image and its mask (right-click > Open in MaskEditor), the "
+                        "instruction; `task` on ACE++ Conditioning picks the preset (repainting_scale -1 = the "
+                        "preset's own)."), prompt, 400, lora=LOCAL_LORA)
     edit = load_image(g, "acepp_landscape_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
     control = None
     if task == "control":
@@ -340,32 +342,29 @@ def local_editing(info: dict, task: str) -> dict:
 
 
 def instruction_editing(info: dict) -> dict:
-    g = Graph(info)
-    g.note(note_text("ACE++ instruction editing (no mask)",
-                     "Edits the whole image as the instruction says; no mask (the whole image is the edit "
-                     "area). FLUX.1-Fill-dev + the ACE++ local-editing LoRA; the ACE++ FFT model "
-                     f"({FFT}) can replace it for broad edits.",
-                     models_line(FILL, LOCAL_LORA),
-                     "**Change:** the image and the instruction. To protect parts of the image, use a local "
-                     "editing workflow with a mask instead."), (X_LOAD, -40), size=(430, 360))
-    c = common(g, "Make it a snowy winter evening, keep the buildings and the car.", lora=LOCAL_LORA, y0=360)
+    g, c = start(info, ("ACE++ instruction editing (no mask)",
+                        "Edits the whole image as the instruction says; no mask (the whole image is the edit "
+                        "area). FLUX.1-Fill-dev + the ACE++ local-editing LoRA; the ACE++ FFT model "
+                        f"({FFT}) can replace it for broad edits.",
+                        models_line(FILL, LOCAL_LORA),
+                        "**Change:** the image and the instruction. To protect parts of the image, use a local "
+                        "editing workflow with a mask instead."),
+                 "Make it a snowy winter evening, keep the buildings and the car.", 360, lora=LOCAL_LORA)
     edit = load_image(g, "acepp_street.png", (X_TEXT, 340), "Image to edit")
     finish(g, c, "instruction_edit", edit=edit, mask=False)
     return g.to_ui()
 
 
 def multi_reference(info: dict) -> dict:
-    g = Graph(info)
-    g.note(note_text("ACE++ multi-reference generation",
-                     "Generates one image from three references: the `reference` input, then each ACE++ Add "
-                     "Reference in the chain, placed left to right on the canvas. The token budget goes to "
-                     "the output first; the references share the rest. FLUX.1-Fill-dev + the ACE++ subject "
-                     "LoRA (trained on one reference: more references work, with looser fidelity).",
-                     models_line(FILL, SUBJECT_LORA),
-                     "**Change:** the references (add more with further Add Reference nodes), the instruction "
-                     "(name each reference), width/height."), (X_LOAD, -40), size=(430, 400))
-    c = common(g, "The toy robot wears the black top hat and sits in the green armchair.", lora=SUBJECT_LORA,
-               y0=400)
+    g, c = start(info, ("ACE++ multi-reference generation",
+                        "Generates one image from three references: the `reference` input, then each ACE++ Add "
+                        "Reference in the chain, placed left to right on the canvas. The token budget goes to "
+                        "the output first; the references share the rest. FLUX.1-Fill-dev + the ACE++ subject "
+                        "LoRA (trained on one reference: more references work, with looser fidelity).",
+                        models_line(FILL, SUBJECT_LORA),
+                        "**Change:** the references (add more with further Add Reference nodes), the instruction "
+                        "(name each reference), width/height."),
+                 "The toy robot wears the black top hat and sits in the green armchair.", 400, lora=SUBJECT_LORA)
     ref1 = load_image(g, "acepp_subject_robot.png", (X_TEXT, 340), "Reference 1 (robot)")
     ref2 = load_image(g, "acepp_ref_hat.png", (X_TEXT, 710), "Reference 2 (hat)")
     ref3 = load_image(g, "acepp_ref_armchair.png", (X_TEXT, 1080), "Reference 3 (armchair)")

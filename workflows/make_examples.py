@@ -115,11 +115,15 @@ def city_street(w: int = EDIT_W, h: int = EDIT_H) -> Image.Image:
     return img
 
 
+def _reference_canvas(size: int, background=(255, 255, 255)) -> tuple[Image.Image, ImageDraw.ImageDraw, float]:
+    """A square reference picture, its drawer, and the scale of the 128-px design grid the drawings use."""
+    img = Image.new("RGB", (size, size), background)
+    return img, ImageDraw.Draw(img), size / 128
+
+
 def toy_robot(size: int = REF) -> Image.Image:
     """Subject reference: a small toy robot on white."""
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    s = size / 128
+    img, draw, s = _reference_canvas(size)
     draw.rounded_rectangle([40 * s, 50 * s, 88 * s, 100 * s], radius=8 * s, fill=(230, 90, 40))  # body
     draw.rounded_rectangle([46 * s, 18 * s, 82 * s, 48 * s], radius=6 * s, fill=(240, 200, 60))  # head
     for x in (56, 72):
@@ -135,9 +139,7 @@ def toy_robot(size: int = REF) -> Image.Image:
 
 def face_portrait(size: int = REF) -> Image.Image:
     """Portrait reference: a stylised face (hair, eyes, glasses)."""
-    img = Image.new("RGB", (size, size), (200, 215, 235))
-    draw = ImageDraw.Draw(img)
-    s = size / 128
+    img, draw, s = _reference_canvas(size, (200, 215, 235))
     draw.ellipse([30 * s, 12 * s, 98 * s, 96 * s], fill=(90, 55, 35))  # hair
     draw.ellipse([36 * s, 26 * s, 92 * s, 104 * s], fill=(235, 190, 160))  # face
     draw.rectangle([52 * s, 98 * s, 76 * s, 118 * s], fill=(235, 190, 160))  # neck
@@ -152,8 +154,7 @@ def face_portrait(size: int = REF) -> Image.Image:
 
 def logo(size: int = REF) -> Image.Image:
     """A logo to paste: a teal disc with a white star."""
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
+    img, draw, _ = _reference_canvas(size)
     c, r = size / 2, size * 0.42
     draw.ellipse([c - r, c - r, c + r, c + r], fill=(20, 150, 140))
     points = []
@@ -166,9 +167,7 @@ def logo(size: int = REF) -> Image.Image:
 
 
 def hat(size: int = REF) -> Image.Image:
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    s = size / 128
+    img, draw, s = _reference_canvas(size)
     draw.ellipse([14 * s, 74 * s, 114 * s, 98 * s], fill=(40, 40, 40))
     draw.rounded_rectangle([38 * s, 28 * s, 90 * s, 86 * s], radius=10 * s, fill=(40, 40, 40))
     draw.rectangle([38 * s, 66 * s, 90 * s, 76 * s], fill=(200, 30, 40))
@@ -176,9 +175,7 @@ def hat(size: int = REF) -> Image.Image:
 
 
 def armchair(size: int = REF) -> Image.Image:
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    s = size / 128
+    img, draw, s = _reference_canvas(size)
     draw.rounded_rectangle([28 * s, 24 * s, 100 * s, 80 * s], radius=12 * s, fill=(60, 120, 80))  # back
     draw.rounded_rectangle([18 * s, 60 * s, 40 * s, 104 * s], radius=8 * s, fill=(50, 105, 70))
     draw.rounded_rectangle([88 * s, 60 * s, 110 * s, 104 * s], radius=8 * s, fill=(50, 105, 70))
