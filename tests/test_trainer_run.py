@@ -248,3 +248,63 @@ def test_two_processes_match_single(env):
         torch.testing.assert_close(b[k].float(), a[k].float(), rtol=2e-2, atol=1e-4)
     la, lb = _metrics(single), _metrics(dual)
     assert all(lb[s] == pytest.approx(la[s], rel=1e-4) for s in la)
+
+
+def test_ctrl_c_saves_checkpoint_and_exits_cleanly(env):
+    """SIGINT mid-training: the step finishes, a complete checkpoint of that step and the export are
+    written, the process exits with 130, and ``--resume latest`` continues from that step."""
+    from trainer.export import read_metadata
+    from trainer.testing import to_toml
+
+    out = env["tmp"] / "ctrlc"
+    toml = env["tmp"] / "ctrlc.toml"
+    toml.write_text(to_toml(_cfg(env, out, run={"max_steps": 200, "save_every": 0},
+                                 train={"scheduler": "constant"})))
+    proc = _run(["trainer/run.py", "--config", str(toml)], env={"OMP_NUM_THREADS": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and \
+            (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted:\n" + proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGINT)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log[-3000:]
+    assert "Ctrl-C: saving a checkpoint" in log and "Traceback" not in log, log[-3000:]
+    reached = max(_metrics(out))
+    assert 2 <= reached < 200
+    ck = out / "checkpoints"
+    assert [d.name for d in ck.iterdir()] == [f"step-{reached:08d}"]  # save_every = 0: only the Ctrl-C save
+    d = ck / f"step-{reached:08d}"
+    assert {p.name for p in d.iterdir()} == {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt",
+                                             "state.json"}
+    state = json.loads((d / "state.json").read_text())
+    assert state["step"] == reached and state["micro"] == reached  # grad_accum 1: one micro-batch per step
+    assert read_metadata(str(out / "aceplus_lora.safetensors"))["aceplus_steps"] == str(reached)
+    trained = load_file(str(d / "trainable.safetensors"))
+    assert any(k.endswith(".up") and v.abs().max() > 0 for k, v in trained.items())  # not the zero-init LoRA
+
+    before = _metrics(out)
+    proc = _run(["trainer/run.py", "--config", str(toml), "--resume", "latest",
+                 "--set", f"run.max_steps={reached + 2}"], env={"OMP_NUM_THREADS": "1"})
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    assert f"resumed from {d} at step {reached}" in log, log[-3000:]
+    after = _metrics(out)
+    assert sorted(after) == list(range(1, reached + 3))
+    assert all(after[s] == before[s] for s in before)
+    assert read_metadata(str(out / "aceplus_lora.safetensors"))["aceplus_steps"] == str(reached + 2)
+
+
+def test_ctrl_c_before_training_exits_130(monkeypatch, caplog):
+    """Ctrl-C while loading or caching (before the loop's handler exists): no traceback, code 130."""
+    from trainer import cli, loop
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    monkeypatch.setattr(cli, "load_config", lambda *a, **k: None)
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["--config", "x.toml"]) == 130
+    assert "interrupted by Ctrl-C" in caplog.text and "--resume latest" in caplog.text

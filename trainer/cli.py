@@ -45,4 +45,8 @@ def main(argv=None) -> int:
     except ConfigError as e:
         log.error("%s", e)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the training loop (loading, caching), or a second Ctrl-C
+        log.warning("interrupted by Ctrl-C before a checkpoint of the current step was written; nothing new "
+                    "saved. Restart with --resume latest to continue from the last checkpoint (if any).")
+        return 130
     return 130 if result.get("stopped") else 0
