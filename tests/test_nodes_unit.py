@@ -341,6 +341,37 @@ def test_img_in_receives_the_core_lcu_assembly(pack, core, fill_model, fft_model
     assert torch.equal(image_out[0][outside], image[0][outside])
 
 
+def test_sampler_sends_latent_previews_through_the_progress_bar_hook(pack, fill_model, vae):
+    """With ComfyUI's --preview-method set, every step's progress update carries a preview image.
+
+    The server reads the hook's preview payload (format, PIL image, max size) and sends it to the
+    browser, as for KSampler.
+    """
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    image, mask, ref = edit_inputs(seed=5)
+    pos, neg, latent, bundle, _ = run_conditioning(pack, fill_model, vae, image=image, mask=mask, reference=ref)
+    updates = []
+    saved = args.preview_method
+    args.preview_method = LatentPreviewMethod.Latent2RGB
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: updates.append((value, total, preview)))
+    try:
+        pack.nodes.sampler.Sampler.execute(fill_model, pos, neg, latent, bundle, vae, 3, 2, 1.0, "euler", "simple",
+                                           True, True, 0)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        args.preview_method = saved
+    assert [(value, total) for value, total, _ in updates] == [(1, 2), (2, 2)]
+    previews = [preview for _, _, preview in updates]
+    h, w = latent["samples"].shape[-2:]
+    for preview in previews:
+        fmt, picture, max_size = preview
+        assert fmt in ("JPEG", "PNG") and max_size == args.preview_size
+        assert picture.size == (w, h)  # latent2rgb: one pixel per latent cell of the whole canvas
+    assert previews[0][1].tobytes() != previews[1][1].tobytes()  # each step shows its own x0
+
+
 def test_crop_back_node_matches_the_sampler_path(pack, core, fill_model, vae):
     image, mask, ref = edit_inputs()
     _, _, _, bundle, canvas_img = run_conditioning(pack, fill_model, vae, image=image, mask=mask, reference=ref)
