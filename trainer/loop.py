@@ -160,6 +160,12 @@ def train(cfg: Config) -> dict:
     dit_shapes = check_dit_file(cfg)
     samples, report = load_samples(cfg)
     out = Path(cfg.run.output_dir)
+    # accelerate keeps the mixed-precision setting in a process-wide singleton and refuses a second
+    # Accelerator with another one; reset that part (never the process group) so train() can be called
+    # again in the same process (tests, notebooks) with a different train.mixed_precision.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun's WORLD_SIZE on CPU machines
         mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
