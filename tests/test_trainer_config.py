@@ -143,9 +143,32 @@ def test_tiny_models_are_the_shared_builders(tr, tmp_path):
     got, want = load_file(str(path)), tiny_vae_state_dict(3)
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     assert all(torch.isfinite(v).all() for v in got.values())
-    assert not torch.equal(got["taesd_encoder.0.weight"], tiny_vae_state_dict(4)["taesd_encoder.0.weight"])
 
     flux = load_file(str(testing.tiny_flux_file(tmp_path / "flux.safetensors", hidden=128, seed=5)))
     ref = flux_state_dict(KINDS["fill"], depth=1, depth_single=1, hidden=128, seed=5, dtype=torch.float32)
     assert set(flux) == set(ref) and all(torch.equal(flux[k], ref[k]) for k in ref)
     assert flux["img_in.weight"].shape == (128, 384)
+
+
+def test_cache_key_follows_vae_and_text_encoder_files(tr, small, tmp_path):
+    """A different VAE or text-encoder file under the same path gives new cache keys (re-encoded),
+    an untouched one the same keys."""
+    import os
+
+    config, data, _, _ = tr
+    from trainer.cache import entry_key
+
+    vae, clip, t5 = (tmp_path / n for n in ("ae.safetensors", "clip_l.safetensors", "t5.safetensors"))
+    for f in (vae, clip, t5):
+        f.write_bytes(b"x" * 8)
+    small["model"].update(vae=str(vae), clip_l=str(clip), t5xxl=str(t5), text_encoder="comfy")
+    cfg = config.load_config(data=small)
+    sample = data.load_samples(cfg)[0][0]
+    key = entry_key(cfg, sample, 0)
+    assert entry_key(cfg, sample, 0) == key
+    for f in (vae, t5):
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # replaced by another file, same name
+        new = entry_key(cfg, sample, 0)
+        assert new != key, f
+        key = new

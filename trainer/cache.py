@@ -46,11 +46,15 @@ def _stat(p: str) -> list:
 
 
 def entry_key(cfg: Config, s: Sample, variant: int) -> str:
-    te = ["stub", cfg.model.dit] if cfg.model.text_encoder == "stub_test_only" else [cfg.model.clip_l, cfg.model.t5xxl]
+    def ident_of(p: str) -> list:  # path, size and mtime: a different file under the same name re-encodes
+        return _stat(p) if p and os.path.isfile(p) else [p]
+
+    te = (["stub", cfg.model.dit] if cfg.model.text_encoder == "stub_test_only"
+          else [ident_of(cfg.model.clip_l), ident_of(cfg.model.t5xxl)])
     ident = {
         "files": [_stat(p) for p in (s.target_image, s.edit_image, s.edit_mask, *s.references) if p],
         "prompt": s.prompt, "canvas": dataclasses.asdict(cfg.canvas), "kind": cfg.model.kind,
-        "vae": cfg.model.vae, "te": te, "variant": variant, "seed": cfg.run.seed, "v": 1,
+        "vae": ident_of(cfg.model.vae), "te": te, "variant": variant, "seed": cfg.run.seed, "v": 1,
     }
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
