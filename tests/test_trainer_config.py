@@ -172,3 +172,15 @@ def test_cache_key_follows_vae_and_text_encoder_files(tr, small, tmp_path):
         new = entry_key(cfg, sample, 0)
         assert new != key, f
         key = new
+
+
+def test_print_config_is_valid_toml_and_the_readme_list(tr):
+    """``--print-config`` output parses as TOML into the defaults, and README's "Every option" block is it."""
+    import tomllib
+
+    config = tr[0]
+    text = config.describe()
+    cfg = config.load_config(data=tomllib.loads(text), overrides=["model.dit=x", "data.manifest=y"])
+    assert cfg.train == config.TrainConfig() and cfg.canvas == config.CanvasConfig()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"```toml\n{text.strip()}\n```" in readme, "README 'Every option' differs from describe(): paste it"

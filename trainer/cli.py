@@ -15,7 +15,7 @@ log = logging.getLogger("trainer")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="trainer/run.py", description="Train ACE++ (LCU++ on FLUX.1-Fill) LoRAs and "
                                 "full fine-tunes. Works under torchrun / accelerate launch unchanged.")
-    p.add_argument("--config", help="TOML config file (see docs/training.md and trainer/configs/)")
+    p.add_argument("--config", help="TOML config file (see the README's Training section and trainer/configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, dotted key, TOML value: --set train.lr=1e-4 --set lora.rank=16")
     p.add_argument("--resume", help="shorthand for --set run.resume=...: 'latest' or a checkpoint folder")

@@ -1,6 +1,6 @@
 """The trainer's one typed config: a frozen dataclass tree loaded from TOML.
 
-Every field carries its documentation in ``metadata["doc"]`` (``docs/training.md`` lists them all;
+Every field carries its documentation in ``metadata["doc"]`` (README.md, "Every option", lists them all;
 ``python trainer/run.py --print-config`` prints a resolved config with its documentation).
 Unknown keys and wrong types fail with a message naming the dotted key; ``--set a.b=value``
 overrides any field (the value is parsed as TOML, falling back to a plain string).
@@ -23,10 +23,12 @@ RELEASED_DOUBLE_TARGETS = ("img_attn.qkv", "txt_attn.qkv", "img_attn.proj", "txt
 RELEASED_SINGLE_TARGETS = ("linear1", "linear2", "modulation.lin")
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING, example: Any = None) -> Any:
+    """A documented field; ``example`` is what ``describe`` shows (commented out) for an unset optional."""
+    meta = {"doc": text, "example": example}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class TrainConfig:
     guidance: float = doc("FLUX guidance embedding during training (release: 1.0).", 1.0)
     ref_weight: float = doc("Loss weight of the reference region (reconstruction); release 1.", 1.0)
     target_weight: float = doc("Loss weight of the target region (generation); release 1.", 1.0)
-    unmasked_weight: Optional[float] = doc("If set, weight of target tokens with no masked pixel.", None)
+    unmasked_weight: Optional[float] = doc("If set, weight of target tokens with no masked pixel.", None, example=0.5)
 
 
 @dataclass(frozen=True)
@@ -298,13 +300,16 @@ def validate(cfg: Config) -> None:
 
 
 def describe() -> str:
-    """Every field with its default and documentation (for --print-config and the docs)."""
+    """Every field with its default and documentation, as valid TOML (for --print-config and the README)."""
     lines = []
     for sec in dataclasses.fields(Config):
         lines.append(f"[{sec.name}]")
         for f in dataclasses.fields(sec.type if isinstance(sec.type, type) else typing.get_type_hints(Config)[sec.name]):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"# {f.metadata.get('doc', '')}")
-            lines.append(f"{f.name} = {json.dumps(default)}")
+            if default is None:  # TOML has no null: an unset optional is shown commented out
+                lines.append(f"# {f.name} = {json.dumps(f.metadata.get('example'))}   (unset by default)")
+            else:
+                lines.append(f"{f.name} = {json.dumps(default)}")
         lines.append("")
     return "\n".join(lines)
