@@ -28,7 +28,13 @@ def load_script(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"acepp_{name}", WORKFLOWS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    path = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        # The scripts put the pack root first on sys.path; left there, its nodes/ package would shadow
+        # ComfyUI's top-level ``nodes`` module for the tests that follow.
+        sys.path[:] = path
     return module
 
 
