@@ -8,6 +8,7 @@ silently wins. Never rename an id: saved workflows refer to it.
 from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .conditioning import Conditioning
+from .example_inputs import install_example_inputs
 from .helpers import AddReference, CropBack
 from .loader import Loader
 from .sampler import Sampler
@@ -22,4 +23,6 @@ class ACEPlusPlusExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> ACEPlusPlusExtension:
+    """Called by ComfyUI when it loads the pack."""
+    install_example_inputs()  # the shipped workflows open ready to run; never fails the load
     return ACEPlusPlusExtension()

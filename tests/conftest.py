@@ -59,6 +59,8 @@ def comfy_server(fixture_paths, comfy_root):
     """One headless ComfyUI for the session, with the pack and the test-only nodes loaded."""
     base = cache_dir() / "test_server"
     _prepare_base(base, fixture_paths["models"])
+    for example in (ROOT / "workflows" / "inputs").glob("*.png"):  # the pack copies them in at load: prove it
+        (base / "input" / example.name).unlink(missing_ok=True)
     server = ComfyServer(base, comfy_dir=comfy_root, extra_packs=(TESTS / "comfy_test_pack",))
     with server:
         yield server

@@ -8,11 +8,13 @@ LCU++ assembly (Fill 384 and FFT 448).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+ROOT = Path(__file__).resolve().parent.parent
 RELEASED_IDS = {"ACEPlusLoader", "ACEPlusConditioning", "ACEPlusFFTProcessor", "ACEPlusLoraProcessor",
                 "ACEPlusLoraConditioning"}
 
@@ -93,12 +95,14 @@ def test_node_ids_are_namespaced_and_never_collide_with_the_release(pack):
     assert {"ACEPP_Loader", "ACEPP_Conditioning", "ACEPP_Sampler", "ACEPP_CropBack", "ACEPP_AddReference"} <= set(ids)
 
 
-def test_extension_registers_every_node_class_of_the_pack(pack):
+def test_extension_registers_every_node_class_of_the_pack(pack, tmp_path, monkeypatch):
     import asyncio
     import inspect
 
+    import folder_paths
     from comfy_api.v0_0_2 import io
 
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path))  # the entrypoint copies example inputs
     ext = asyncio.run(pack.nodes.comfy_entrypoint())
     registered = set(asyncio.run(ext.get_node_list()))
     defined = set()
@@ -106,6 +110,46 @@ def test_extension_registers_every_node_class_of_the_pack(pack):
         defined |= {c for _, c in inspect.getmembers(mod, inspect.isclass)
                     if issubclass(c, io.ComfyNode) and c.__module__ == mod.__name__}
     assert defined == registered
+
+
+# ---- example inputs -------------------------------------------------------------------------------
+EXAMPLES = sorted(p.name for p in (ROOT / "workflows" / "inputs").glob("*.png"))
+
+
+def test_pack_load_copies_the_example_inputs_into_comfyuis_input_folder(pack, tmp_path, monkeypatch, caplog):
+    import asyncio
+
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
+    with caplog.at_level(logging.INFO):
+        asyncio.run(pack.nodes.comfy_entrypoint())
+    assert EXAMPLES and sorted(p.name for p in (tmp_path / "input").iterdir()) == EXAMPLES
+    for name in EXAMPLES:
+        assert (tmp_path / "input" / name).read_bytes() == (ROOT / "workflows" / "inputs" / name).read_bytes()
+    assert f"copied {len(EXAMPLES)} example input(s)" in caplog.text and str(tmp_path / "input") in caplog.text
+
+
+def test_example_inputs_never_overwrite_a_users_file_and_copy_only_what_is_missing(pack, tmp_path):
+    install = pack.nodes.example_inputs.install_example_inputs
+    mine = tmp_path / EXAMPLES[0]
+    mine.write_bytes(b"the user's own picture")
+    copied = install(tmp_path)
+    assert sorted(p.name for p in copied) == EXAMPLES[1:]
+    assert mine.read_bytes() == b"the user's own picture"
+    (tmp_path / EXAMPLES[1]).unlink()
+    assert [p.name for p in install(tmp_path)] == [EXAMPLES[1]]
+    assert install(tmp_path) == []
+
+
+def test_example_inputs_fail_soft_with_a_warning_when_the_folder_cannot_be_written(pack, tmp_path, caplog):
+    blocked = tmp_path / "input"
+    blocked.write_text("a file where the input folder should be")
+    with caplog.at_level(logging.WARNING):
+        assert pack.nodes.example_inputs.install_example_inputs(blocked) == []
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = record.getMessage()
+    assert str(blocked) in message and "copy" in message and "workflows/inputs" in message
 
 
 # ---- loader ---------------------------------------------------------------------------------------

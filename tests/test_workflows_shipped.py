@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from aceplus_host.workflows import check_workflow, input_specs
-from workflow_tools import (INPUTS, RELEASED_FILES, active_nodes, copy_inputs, for_tiny_models, linked_source,
+from workflow_tools import (INPUTS, RELEASED_FILES, active_nodes, for_tiny_models, linked_source,
                             load_rgba, shipped_workflows)
 
 pytestmark = pytest.mark.server
@@ -55,8 +55,15 @@ FOLDER_OF = {"flux1-fill-dev.safetensors": "diffusion_models", "ace_plus_fft.saf
 
 @pytest.fixture(scope="module")
 def server(comfy_server):
-    copy_inputs(comfy_server.base_dir / "input")  # before /object_info: LoadImage lists the input folder
-    return comfy_server
+    return comfy_server  # the pack copied the example inputs into its input folder at load
+
+
+def test_the_pack_put_the_example_inputs_where_load_image_reads_them(server):
+    """What a user gets: the examples in ComfyUI's input folder without copying anything by hand."""
+    for example in sorted(INPUTS.glob("*.png")):
+        copied = server.base_dir / "input" / example.name
+        assert copied.is_file(), f"{example.name} is not in the server's input folder"
+        assert copied.read_bytes() == example.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -213,9 +213,9 @@ def load_image(g: Graph, file: str, pos, title: str) -> Node:
     return g.add("LoadImage", pos, title=title, image=file)
 
 
-INPUT_NOTE = ("**Inputs:** the example images are in this pack's `workflows/inputs/`; copy them into "
-              "`ComfyUI/input/` (or run `python workflows/make_examples.py --copy-to ComfyUI/input`), then "
-              "replace them with your own.")
+INPUT_NOTE = ("**Inputs:** the example images (this pack's `workflows/inputs/`) are copied into `ComfyUI/input/` "
+              "when ComfyUI loads the pack; a file of the same name already there is left alone. Replace them "
+              "with your own.")
 
 
 def note_text(title: str, what: str, models: str, inputs: str) -> str:

@@ -3,9 +3,9 @@
     python workflows/make_examples.py                 # (re)write workflows/inputs/*.png
     python workflows/make_examples.py --copy-to ComfyUI/input   # ...and copy them where LoadImage looks
 
-ComfyUI's LoadImage reads from ComfyUI's ``input/`` folder, so copy these files there
-(or run with ``--copy-to``) before queueing a shipped workflow; then replace them with
-your own pictures. Edit images carry their mask in the alpha channel, as ComfyUI's mask
+ComfyUI's LoadImage reads from ComfyUI's ``input/`` folder; the pack copies any of these
+files missing there when ComfyUI loads it (nodes/example_inputs.py), and ``--copy-to`` copies
+them by hand. Replace them with your own pictures. Edit images carry their mask in the alpha channel, as ComfyUI's mask
 editor saves it: transparent = the area to edit (LoadImage's MASK output is 1 there).
 
 The pictures are deliberately small and simple (they only show what goes where); the
