@@ -184,3 +184,26 @@ def test_print_config_is_valid_toml_and_the_readme_list(tr):
     assert cfg.train == config.TrainConfig() and cfg.canvas == config.CanvasConfig()
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"```toml\n{text.strip()}\n```" in readme, "README 'Every option' differs from describe(): paste it"
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw_fused", "adamw8bit"])
+def test_optimizer_choice_carries_the_release_hyperparameters(tr, small, name, caplog, monkeypatch):
+    """Every optimizer option gives AdamW with the configured betas/eps/decay; on the CPU the fused
+    one falls back (CUDA only), and the 8-bit one falls back with a warning when bitsandbytes is missing."""
+    import sys
+
+    import torch
+
+    from trainer import loop
+
+    config = tr[0]
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    cfg = config.load_config(data=small, overrides=[f"train.optimizer='{name}'", "train.eps=1e-7"])
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    with caplog.at_level(logging.WARNING):
+        opt = loop.make_optimizer(params, cfg, torch.device("cpu"))
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (1e-3, (0.9, 0.999), 1e-7, 0.01)
+    assert type(opt) is torch.optim.AdamW and not group.get("fused")
+    warned = any("bitsandbytes is not installed" in r.getMessage() for r in caplog.records)
+    assert warned == (name == "adamw8bit")
