@@ -12,6 +12,7 @@ Nothing here downloads anything. Needs ComfyUI importable (``aceplus_host.import
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -43,6 +44,26 @@ SINGLE_TARGETS = {
 }
 
 
+# FluxParams fields that later ComfyUI versions require, with the value their model detection sets
+# for a FLUX.1 (BFL) file. 0.33 added ``txt_ids_dims`` (``[]`` = text tokens get no position ids).
+_FLUX1_NEWER_FIELDS = {"txt_ids_dims": []}
+
+
+def flux_config(**config) -> dict:
+    """``config`` completed to a FLUX.1 ``Flux(...)`` / ``unet_config`` for the ComfyUI in use.
+
+    Fields a newer ComfyUI's ``FluxParams`` requires are added with the values its detection gives
+    FLUX.1; an older one, which rejects unknown fields, gets none of them.
+    """
+    from comfy.ldm.flux.model import FluxParams
+
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    for name, value in _FLUX1_NEWER_FIELDS.items():
+        if name in fields:
+            config.setdefault(name, list(value) if isinstance(value, list) else value)
+    return config
+
+
 def flux_state_dict(in_channels: int, depth: int = 1, depth_single: int = 0, hidden: int = HIDDEN,
                     context_dim: int = CONTEXT_DIM, vec_dim: int = POOLED_DIM, seed: int = 0,
                     dtype: torch.dtype = torch.bfloat16, device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
@@ -52,11 +73,11 @@ def flux_state_dict(in_channels: int, depth: int = 1, depth_single: int = 0, hid
 
     heads = hidden // 128
     with torch.device("meta"):
-        model = Flux(image_model="flux", in_channels=in_channels, out_channels=16, vec_in_dim=vec_dim,
-                     context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth,
-                     depth_single_blocks=depth_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                     qkv_bias=True, guidance_embed=True, dtype=dtype, device="meta",
-                     operations=comfy.ops.disable_weight_init)
+        model = Flux(**flux_config(image_model="flux", in_channels=in_channels, out_channels=16, vec_in_dim=vec_dim,
+                                   context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads,
+                                   depth=depth, depth_single_blocks=depth_single, axes_dim=[16, 56, 56], theta=10000,
+                                   patch_size=2, qkv_bias=True, guidance_embed=True),
+                     dtype=dtype, device="meta", operations=comfy.ops.disable_weight_init)
     device = torch.device("cpu") if device is None else torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = {}

@@ -113,6 +113,7 @@ def full_size(args) -> dict:
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
+    from aceplus_host.tiny_models import flux_config
     from trainer.config import load_config
     from trainer.model import Trainable
 
@@ -122,10 +123,11 @@ def full_size(args) -> dict:
     ops = comfy.ops.manual_cast if storage != compute else comfy.ops.disable_weight_init
     hidden, heads = 3072, 24
     with torch.device(dev):
-        dit = Flux(image_model="flux", in_channels=96, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                   hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=args.depth,
-                   depth_single_blocks=args.depth_single, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                   qkv_bias=True, guidance_embed=True, dtype=storage, device=dev, operations=ops)
+        dit = Flux(**flux_config(image_model="flux", in_channels=96, out_channels=16, vec_in_dim=768,
+                                 context_in_dim=4096, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads,
+                                 depth=args.depth, depth_single_blocks=args.depth_single, axes_dim=[16, 56, 56],
+                                 theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+                   dtype=storage, device=dev, operations=ops)
     with torch.no_grad():
         for p in dit.parameters():  # weight init is disabled in ComfyUI ops: fill every tensor
             p.copy_((torch.randn(p.shape, device=dev, dtype=torch.float32) * 0.02).to(storage))

@@ -34,9 +34,11 @@ def full_size_fill_on_meta():
     """A real ``model_base.Flux`` with FLUX.1-Fill-dev's full config, on the meta device (no memory)."""
     import comfy.supported_models
 
-    config = dict(image_model="flux", in_channels=96, out_channels=16, vec_in_dim=768, context_in_dim=4096,
-                  hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
-                  axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+    from aceplus_host.tiny_models import flux_config
+
+    config = flux_config(image_model="flux", in_channels=96, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+                         hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38,
+                         axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
     model_config = comfy.supported_models.FluxInpaint(config)
     model_config.set_inference_dtype(torch.bfloat16, None)
     with torch.device("meta"):
