@@ -200,7 +200,7 @@ class Conditioning(io.ComfyNode):
                 io.Conditioning.Output("positive_out", display_name="positive", tooltip="Positive conditioning with the canvas attached."),
                 io.Conditioning.Output("negative_out", display_name="negative", tooltip="Negative conditioning with the canvas attached."),
                 io.Latent.Output("latent_out", display_name="latent", tooltip="The canvas-sized latent to sample."),
-                Layout.Output("layout", tooltip="Canvas geometry + original image and mask, for crop-back."),
+                Layout.Output("layout", display_name="layout", tooltip="Canvas geometry + original image and mask, for crop-back."),
                 io.Image.Output("canvas_image", display_name="canvas", tooltip="The stitched condition canvas (for inspection)."),
             ],
         )

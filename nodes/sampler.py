@@ -100,8 +100,8 @@ class Sampler(io.ComfyNode):
                 *crop_back_inputs(),
             ],
             outputs=[
-                io.Image.Output("image", tooltip="The result at the edit image's size."),
-                io.Image.Output("canvas", tooltip="The whole decoded canvas (references + target)."),
+                io.Image.Output("image", display_name="image", tooltip="The result at the edit image's size."),
+                io.Image.Output("canvas", display_name="canvas", tooltip="The whole decoded canvas (references + target)."),
             ],
         )
 
