@@ -93,7 +93,7 @@ def test_gradients_match_reference(env):
     """Per-block checkpointing through ComfyUI's blocks gives the same LoRA gradient as plain autograd
     with every saved tensor copied (the in-place-safe reference)."""
     from trainer.config import load_config
-    from trainer.model import Trainable, load_dit
+    from trainer.model import Trainable, host_training_mode, load_dit
 
     cfg = load_config(data=_cfg(env, env["tmp"] / "g", lora={"rank": 4}))
     m = Trainable(load_dit(cfg, torch.device("cpu")), cfg).double().train()
@@ -110,8 +110,9 @@ def test_gradients_match_reference(env):
         fn().backward()
         return torch.cat([p.grad.flatten() for p in params])
 
-    ref = grads(lambda: _with_copies(lambda: (m.dit(x, s, ctx, y=pooled, guidance=torch.ones(1, dtype=x.dtype))
-                                              ** 2).mean()))
+    with host_training_mode():  # the reference calls ComfyUI's DiT directly, so it flips the switch itself
+        ref = grads(lambda: _with_copies(lambda: (m.dit(x, s, ctx, y=pooled, guidance=torch.ones(1, dtype=x.dtype))
+                                                  ** 2).mean()))
     got = grads(lambda: (m(x, s, ctx, pooled, 1.0) ** 2).mean())
     m.checkpointing = False
     plain = grads(lambda: (m(x, s, ctx, pooled, 1.0) ** 2).mean())

@@ -16,6 +16,7 @@ export is exactly what ``load_lora_for_models`` maps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -114,6 +115,26 @@ def load_base_model(cfg: Config, device: torch.device):
     return model
 
 
+@contextlib.contextmanager
+def host_training_mode():
+    """Tell ComfyUI that gradients flow through its model code.
+
+    Newer ComfyUI (0.33 tested) runs FLUX's rope through comfy_kitchen kernels that have no autograd
+    formula, unless ``comfy.model_management.in_training`` is set: the switch ComfyUI's own
+    TrainLoraNode flips. Older versions (0.3.75) have no such flag and nothing to switch.
+    """
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous, mm.in_training = mm.in_training, True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
+
+
 class OutOfPlaceAdds(torch.overrides.TorchFunctionMode):
     """Run ``a += b`` as ``a = a + b`` inside ComfyUI's FLUX blocks.
 
@@ -136,8 +157,10 @@ _IADD = torch.Tensor.add_
 
 
 def _out_of_place(fn):
+    """``fn`` with in-place adds made out-of-place and ComfyUI told that it is training; the same
+    wrapper runs in the forward pass and in checkpointing's recomputation, so both take one path."""
     def run(*a):
-        with OutOfPlaceAdds():
+        with OutOfPlaceAdds(), host_training_mode():
             return fn(*a)
     return run
 
@@ -225,8 +248,7 @@ class Trainable(nn.Module):
         for backward), and with per-block checkpointing when enabled."""
         def ckpt(fn, *tensors):
             if not checkpointing:
-                with OutOfPlaceAdds():
-                    return fn(*tensors)
+                return _out_of_place(fn)(*tensors)
             return torch.utils.checkpoint.checkpoint(_out_of_place(fn), *tensors, use_reentrant=False)
 
         patches = {}
