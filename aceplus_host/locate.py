@@ -105,6 +105,22 @@ def bootstrap_comfyui(dest: Path) -> Path:
     return dest
 
 
+def link_models(base: Path, models: Path) -> None:
+    """Make ``base/models/<folder>`` a symlink to each folder of the ``models`` tree (replaced every call).
+
+    A server started with ``--base-directory base`` then sees those model files as its own.
+    """
+    (base / "models").mkdir(parents=True, exist_ok=True)
+    for folder in models.iterdir():
+        if not folder.is_dir():
+            continue
+        link = base / "models" / folder.name
+        if link.is_symlink():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+
+
 def link_pack(custom_nodes: Path, name: str = PACK_NAME, source: Path = PACK_ROOT) -> Path:
     """Make ``source`` visible as ``custom_nodes/name`` (a symlink; nothing is copied)."""
     custom_nodes.mkdir(parents=True, exist_ok=True)

@@ -165,6 +165,22 @@ def save_safetensors(sd: dict, path: Path, metadata: Optional[dict] = None) -> N
     tmp.rename(path)
 
 
+def ensure_built(path: Path, build, name: str, version: int = 1) -> Path:
+    """``path``, written atomically from ``build()`` unless a file of this builder ``version`` is there.
+
+    A cached file whose metadata records an older builder version is rebuilt (random weights only).
+    """
+    path = Path(path)
+    if path.exists() and (fixture_version(path) or 1) < version:
+        log.info("%s was built by an older builder (version < %d); rebuilding", path, version)
+        path.unlink()
+    if not path.exists():
+        log.info("building %s (random weights)", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors(build(), path, random_metadata(name, version))
+    return path
+
+
 def random_metadata(name: str, version: int) -> dict[str, str]:
     return {"aceplus_fixture": json.dumps({"name": name, "random": True, "version": version})}
 

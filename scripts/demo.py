@@ -26,7 +26,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aceplus_host import ComfyServer, cache_dir, find_comfyui  # noqa: E402
+from aceplus_host import ComfyServer, cache_dir, find_comfyui, link_models  # noqa: E402
 
 log = logging.getLogger("acepp.demo")
 
@@ -76,21 +76,14 @@ def real_models(comfy_dir: Path) -> Optional[ModelSet]:
 def tiny_models() -> ModelSet:
     """Build (once) the random-weight tiny FLUX.1-Fill and VAE into .cache/demo/tiny_models."""
     from aceplus_host import import_comfy
-    from aceplus_host.tiny_models import (KINDS, fixture_version, flux_state_dict, random_metadata, save_safetensors,
-                                          tiny_vae_state_dict)
+    from aceplus_host.tiny_models import TINY_VAE_VERSION, KINDS, ensure_built, flux_state_dict, tiny_vae_state_dict
 
     import_comfy()
     models = cache_dir() / "demo" / "tiny_models"
-    builders = {("diffusion_models", "tiny_fill_random.safetensors"): (lambda: flux_state_dict(KINDS["fill"], seed=1), 1),
-                ("vae", "tiny_vae_random.safetensors"): (tiny_vae_state_dict, 3)}
-    for (folder, name), (build, version) in builders.items():
-        path = models / folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and (fixture_version(path) or 1) < version:
-            path.unlink()
-        if not path.exists():
-            log.info("building %s (random weights)", path)
-            save_safetensors(build(), path, random_metadata(name, version))
+    ensure_built(models / "diffusion_models" / "tiny_fill_random.safetensors",
+                 lambda: flux_state_dict(KINDS["fill"], seed=1), "tiny_fill_random.safetensors")
+    ensure_built(models / "vae" / "tiny_vae_random.safetensors", tiny_vae_state_dict, "tiny_vae_random.safetensors",
+                 TINY_VAE_VERSION)
     return ModelSet(models, "tiny_fill_random.safetensors", "tiny_vae_random.safetensors", None, None, None, True)
 
 
@@ -160,19 +153,6 @@ def build_graph(ms: ModelSet, edit: str, ref: str, steps: int, seed: int, prefix
         "save_canvas": {"class_type": "SaveImage", "inputs": {"images": ["sampler", 1],
                                                               "filename_prefix": prefix + "_canvas"}},
     }
-
-
-def link_models(base: Path, models: Path) -> None:
-    """base/models/<folder> -> the chosen models tree (symlinks, replaced on every run)."""
-    (base / "models").mkdir(parents=True, exist_ok=True)
-    for folder in models.iterdir():
-        if not folder.is_dir():
-            continue
-        link = base / "models" / folder.name
-        if link.is_symlink():
-            link.unlink()
-        if not link.exists():
-            link.symlink_to(folder.resolve(), target_is_directory=True)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ ROOT = TESTS.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from aceplus_host import ComfyServer, cache_dir, import_comfy  # noqa: E402
+from aceplus_host import ComfyServer, cache_dir, import_comfy, link_models  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +44,11 @@ def pack(comfy_root):
     return load_pack()
 
 
-def _prepare_base(base: Path, models: Path) -> None:
-    (base / "models").mkdir(parents=True, exist_ok=True)
-    for folder in models.iterdir():
-        link = base / "models" / folder.name
-        if link.is_symlink():
-            link.unlink()
-        if not link.exists():
-            link.symlink_to(folder, target_is_directory=True)
-
-
 @pytest.fixture(scope="session")
 def comfy_server(fixture_paths, comfy_root):
     """One headless ComfyUI for the session, with the pack and the test-only nodes loaded."""
     base = cache_dir() / "test_server"
-    _prepare_base(base, fixture_paths["models"])
+    link_models(base, fixture_paths["models"])
     for example in (ROOT / "workflows" / "inputs").glob("*.png"):  # the pack copies them in at load: prove it
         (base / "input" / example.name).unlink(missing_ok=True)
     server = ComfyServer(base, comfy_dir=comfy_root, extra_packs=(TESTS / "comfy_test_pack",))

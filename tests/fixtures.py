@@ -28,14 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aceplus_host import cache_dir  # noqa: E402
 
-log = logging.getLogger(__name__)
-
 FIXTURE_VERSION = 1  # bump to rebuild everything; per-file versions below rebuild one file
 
 # The builders live in aceplus_host.tiny_models (the demo uses them too); re-exported here.
 from aceplus_host.tiny_models import (  # noqa: E402,F401
-    CONTEXT_DIM, DOUBLE_TARGETS, HIDDEN, KINDS, MLP, POOLED_DIM, SINGLE_TARGETS, fixture_version, flux_state_dict,
-    TINY_VAE_VERSION, lora_state_dict, random_metadata, save_safetensors, tiny_vae_state_dict,
+    CONTEXT_DIM, DOUBLE_TARGETS, HIDDEN, KINDS, MLP, POOLED_DIM, SINGLE_TARGETS, TINY_VAE_VERSION, ensure_built,
+    flux_state_dict, lora_state_dict, tiny_vae_state_dict,
 )
 
 # name -> builder version; a cached file whose metadata holds an older version is rebuilt.
@@ -47,10 +45,6 @@ def fixtures_dir() -> Path:
     path = cache_dir() / "fixtures"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _save(sd: dict, path: Path, metadata: dict | None = None) -> None:
-    save_safetensors(sd, path, metadata)
 
 
 def ensure_fixtures() -> dict[str, Path]:
@@ -72,17 +66,8 @@ def ensure_fixtures() -> dict[str, Path]:
         "released_lora_r64": lambda: lora_state_dict(64, seed=64),
         "tiny_lora_r16": lambda: lora_state_dict(16, double_blocks=1, single_blocks=0, seed=7, scale=0.5),
     }
-    paths = {}
-    for name, build in builders.items():
-        path = root / f"{name}.safetensors"
-        version = FILE_VERSIONS.get(name, 1)
-        if path.exists() and version > 1 and (fixture_version(path) or 1) < version:
-            log.info("fixture %s is outdated (builder version %d); rebuilding", path, version)
-            path.unlink()
-        if not path.exists():
-            log.info("building fixture %s", path)
-            _save(build(), path, metadata=random_metadata(name, version))
-        paths[name] = path
+    paths = {name: ensure_built(root / f"{name}.safetensors", build, name, FILE_VERSIONS.get(name, 1))
+             for name, build in builders.items()}
     stamp.write_text(str(FIXTURE_VERSION))
     models = root / "models"
     layout = {"diffusion_models": ["tiny_fill", "tiny_fft", "tiny_dev"], "vae": ["tiny_vae"],

@@ -97,12 +97,12 @@ class Console:
 
 @pytest.fixture(scope="module")
 def frontend_server(fixture_paths):
-    from conftest import _prepare_base
+    from aceplus_host import link_models
 
     if _MISSING:
         pytest.fail(f"CI is set but the front-end check cannot run: {_MISSING}")
     base = cache_dir() / "frontend_server"
-    _prepare_base(base, fixture_paths["models"])
+    link_models(base, fixture_paths["models"])
     copy_inputs(base / "input")
     old = os.environ.get("ACEPP_FRONTEND_ROOT")
     os.environ["ACEPP_FRONTEND_ROOT"] = str(frontend_root())

@@ -8,13 +8,10 @@ T = E outside M and R (resized to the box) inside M. The prompt is constant.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-log = logging.getLogger(__name__)
 
 
 def tiny_flux_file(path: Path, kind: str = "fill", hidden: int = 256, depth: int = 1, depth_single: int = 1,
@@ -25,14 +22,11 @@ def tiny_flux_file(path: Path, kind: str = "fill", hidden: int = 256, depth: int
     """
     import torch
 
-    from aceplus_host.tiny_models import KINDS, flux_state_dict, save_safetensors
+    from aceplus_host.tiny_models import KINDS, ensure_built, flux_state_dict
 
-    if not path.exists():
-        sd = flux_state_dict(KINDS[kind], depth=depth, depth_single=depth_single, hidden=hidden, seed=seed,
-                             dtype=torch.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors(sd, path)
-    return path
+    return ensure_built(path, lambda: flux_state_dict(KINDS[kind], depth=depth, depth_single=depth_single,
+                                                      hidden=hidden, seed=seed, dtype=torch.float32),
+                        f"trainer_tiny_{kind}_h{hidden}_seed{seed}")
 
 
 def _blocks(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -99,17 +93,9 @@ def tiny_vae_file(path: Path, seed: int = 0) -> Path:
 
     A cached file from an older builder (its metadata version is below ``TINY_VAE_VERSION``) is rebuilt.
     """
-    from aceplus_host.tiny_models import (TINY_VAE_VERSION, fixture_version, random_metadata, save_safetensors,
-                                          tiny_vae_state_dict)
+    from aceplus_host.tiny_models import TINY_VAE_VERSION, ensure_built, tiny_vae_state_dict
 
-    if path.exists() and (fixture_version(path) or 1) < TINY_VAE_VERSION:
-        log.info("%s was built by an older VAE builder; rebuilding", path)
-        path.unlink()
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors(tiny_vae_state_dict(seed), path, random_metadata(f"trainer_tiny_vae_seed{seed}",
-                                                                          TINY_VAE_VERSION))
-    return path
+    return ensure_built(path, lambda: tiny_vae_state_dict(seed), f"trainer_tiny_vae_seed{seed}", TINY_VAE_VERSION)
 
 
 def evaluate(model, cfg, index: list, s_value: float = 0.5, seed: int = 1234) -> dict:
