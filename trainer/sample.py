@@ -47,7 +47,7 @@ def render_samples(model, cfg: Config, samples, paths: dict, step: int, accelera
     """Render ``cfg.sample.indices``; returns the written PNG paths."""
     import comfy.sd
     import comfy.utils
-    from aceplus_core import crop_back, denormalize_latent
+    from aceplus_core import crop_back, denormalize_latent, to_bchw
 
     if cfg.model.vae not in _VAE:
         _VAE[cfg.model.vae] = comfy.sd.VAE(sd=comfy.utils.load_torch_file(cfg.model.vae))
@@ -67,8 +67,8 @@ def render_samples(model, cfg: Config, samples, paths: dict, step: int, accelera
         lat = euler_sample(model, entry["cond"][None], canvas.mask, entry["ctx"][None], entry["pooled"][None],
                            layout.tokens, cfg.sample.steps, cfg.sample.guidance, cfg.run.seed, device)
         decoded = vae.decode(denormalize_latent(lat.cpu())).float()  # B, H, W, 3
-        decoded = decoded.reshape(-1, *decoded.shape[-3:]).permute(0, 3, 1, 2).clamp(0, 1)
-        original = t["edit"] if t["edit"] is not None else None
+        decoded = to_bchw(decoded.reshape(-1, *decoded.shape[-3:])).clamp(0, 1)
+        original = t["edit"]
         img = crop_back(decoded, canvas.layout, original, t["mask"] if original is not None else None)
         arr = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         path = out_dir / f"step{step:08d}_sample{i}.png"
