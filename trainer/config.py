@@ -129,6 +129,11 @@ class TrainConfig:
     ref_weight: float = doc("Loss weight of the reference region (reconstruction); release 1.", 1.0)
     target_weight: float = doc("Loss weight of the target region (generation); release 1.", 1.0)
     unmasked_weight: Optional[float] = doc("If set, weight of target tokens with no masked pixel.", None, example=0.5)
+    distributed: Literal["auto", "ddp", "fsdp"] = doc(
+        "Multi-process strategy: 'auto' = DDP for LoRA (only the LoRA moves; the frozen base is never "
+        "broadcast), FSDP2 full sharding for full fine-tunes (per-block units, bf16 params / fp32 reduce with "
+        "mixed_precision = 'bf16'). 'ddp' replicates a full fine-tune (small models only). One process: unused.",
+        "auto")
 
 
 @dataclass(frozen=True)
