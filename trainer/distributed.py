@@ -109,6 +109,20 @@ def ddp_ignore_frozen(model: nn.Module) -> list[str]:
     return names
 
 
+def prepare_model(accelerator, model: nn.Module, cfg: Config) -> tuple[nn.Module, str]:
+    """Wrap ``Trainable`` for this run; returns (model to call, strategy). Under FSDP the model is not
+    passed to accelerate (its FSDP plugin would fall back to DDP on the CPU); accelerate still does
+    autocast, backward and the reductions."""
+    s = check(cfg, accelerator.num_processes)
+    if s == "fsdp":
+        return fsdp_wrap(model, cfg), s
+    if s == "ddp":
+        ignored = ddp_ignore_frozen(model)
+        log.info("DDP: %d frozen tensors on the ignore list (never broadcast or all-reduced); %d trainable move",
+                 len(ignored), sum(1 for p in model.parameters() if p.requires_grad))
+    return accelerator.prepare(model), s
+
+
 # --- collective checkpoint state ---------------------------------------------------------------
 
 def _options(full: bool = False):

@@ -1,0 +1,55 @@
+"""LoRA under DDP moves only the LoRA: 2 processes on the CPU (torchrun, gloo), tiny FLUX.
+
+The frozen base is neither broadcast at DDP construction nor all-reduced: each rank starts with a
+different base weight and still holds exactly its own after ``prepare`` and a training step, while
+the LoRA gradients are all-reduced (identical on both ranks). The control run wraps the same model
+with stock accelerate/DDP and shows that there the base IS overwritten by rank 0's, so the check
+can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ddp_toml(comfy_root, tmp_path_factory):
+    from aceplus_host import cache_dir
+    from trainer import testing
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    dit = testing.tiny_flux_file(cache_dir() / "trainer_tiny" / "fill_h256.safetensors")
+    toml = tmp / "ddp.toml"
+    toml.write_text(testing.to_toml(testing.base_config(dit, tmp / "vae", tmp / "m.jsonl", tmp / "out")))
+    return toml
+
+
+def _ddp_base(toml: Path, report: Path, *extra: str) -> list[dict]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "tests/dist_worker.py", "ddp_base", str(toml), str(report), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_lora_ddp_never_moves_the_base(ddp_toml, tmp_path):
+    ours = _ddp_base(ddp_toml, tmp_path / "ours")
+    for r in ours:  # each rank keeps its own base: nothing was broadcast onto it
+        assert r["base_after"] == r["base_before"]
+    assert ours[0]["base_before"] != ours[1]["base_before"]
+    # ... while the LoRA gradients were all-reduced: both ranks step to the same LoRA
+    assert ours[0]["lora_grad"] == pytest.approx(ours[1]["lora_grad"], rel=1e-6)
+    assert ours[0]["lora"] == pytest.approx(ours[1]["lora"], rel=1e-6)
+
+    stock = _ddp_base(ddp_toml, tmp_path / "stock", "--stock")  # control: plain accelerate.prepare
+    assert stock[1]["base_after"] == stock[0]["base_before"] != stock[1]["base_before"], \
+        "stock DDP no longer broadcasts frozen parameters: the control of this test lost its meaning"
