@@ -53,3 +53,51 @@ def test_lora_ddp_never_moves_the_base(ddp_toml, tmp_path):
     stock = _ddp_base(ddp_toml, tmp_path / "stock", "--stock")  # control: plain accelerate.prepare
     assert stock[1]["base_after"] == stock[0]["base_before"] != stock[1]["base_before"], \
         "stock DDP no longer broadcasts frozen parameters: the control of this test lost its meaning"
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process that map ``path`` (from /proc/self/maps)."""
+    out = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and Path(parts[5].strip()) == path.resolve():
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi))
+    return out
+
+
+@pytest.mark.parametrize("which", ["h256", "tiny_fill"])
+def test_base_is_memory_mapped_and_equals_stock_loader(comfy_root, fixture_paths, which):
+    """Every rank memory-maps the base: the DiT's weights (dtype as in the file) ARE the file's
+    pages (their addresses lie inside a mapping of the file: no private copy), and they are exactly
+    what ComfyUI's stock loader (``comfy.sd.load_diffusion_model_state_dict``, which copies) gives.
+    Needs /proc (Linux)."""
+    import comfy.sd
+    import comfy.utils
+    import torch
+
+    from aceplus_host import cache_dir
+    from trainer import testing
+    from trainer.config import load_config
+    from trainer.model import load_base_model
+
+    dit = (testing.tiny_flux_file(cache_dir() / "trainer_tiny" / "fill_h256.safetensors") if which == "h256"
+           else fixture_paths["tiny_fill"])
+    dtype = "fp32" if which == "h256" else "bf16"  # the file's dtype: nothing to convert, nothing copied
+    d = testing.base_config(dit, Path("vae"), Path("m.jsonl"), Path("out"), model={"base_dtype": dtype})
+    cfg = load_config(data=d)
+    base = load_base_model(cfg, torch.device("cpu"))
+    ranges = _mapped_ranges(Path(dit))
+    assert ranges, "the DiT file is not memory-mapped at all"
+    params = list(base.diffusion_model.named_parameters())
+    inside = [n for n, p in params if any(lo <= p.data_ptr() < hi for lo, hi in ranges)]
+    assert len(inside) == len(params), sorted({n for n, _ in params} - set(inside))[:5]
+    assert not [n for n, t in [*base.named_parameters(), *base.named_buffers()] if t.is_meta]
+
+    if which == "tiny_fill":  # hidden 3072, 24 heads: the stock loader takes it; same tensors
+        sd, meta = comfy.utils.load_torch_file(str(dit), return_metadata=True)
+        stock = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": torch.bfloat16},
+                                                         metadata=meta).model.diffusion_model
+        ref, got = stock.state_dict(), base.diffusion_model.state_dict()
+        assert type(base.diffusion_model) is type(stock) and set(got) == set(ref)
+        assert all(got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]) for k in ref)
