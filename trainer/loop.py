@@ -2,19 +2,26 @@
 
 One optimizer step = ``grad_accum`` micro-batches; micro-batch ``m`` is a global batch of
 ``batch_size x processes`` samples from one canvas-size bucket, and process ``r`` takes its
-slice. Noise, timestep and canvas variant of a sample depend only on (seed, m, position), so
-one process with batch 2 and two processes with batch 1 see the same data, and a resumed run
-(restarting at micro-batch ``step x grad_accum``) continues the same loss curve.
+slice. Which (sample, canvas variant) entries form batch ``m`` depends only on (seed, m) (``BatchPlan``),
+noise and timestep only on (seed, m, position), so one process with batch 2 and two processes with
+batch 1 see the same data, and a resumed run (restarting at micro-batch ``step x grad_accum``)
+continues the same loss curve.
+
+``train()`` is the list of phases, in order: data (``check_inputs``), cache (``cache_phase``), model
+(``build_model``), optimizer/resume (``prepare_training``, ``resume_phase``), step (``train_step``),
+save/export (``save_phase``, ``sample_phase``, ``export_phase``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import signal
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -29,26 +36,32 @@ log = logging.getLogger(__name__)
 
 
 class BatchPlan:
-    """Deterministic global batches: per epoch, shuffle each bucket, chunk, shuffle the chunks."""
+    """Deterministic global batches over cached (sample, variant) entries, bucketed by canvas size.
+
+    Every entry is its own item: with ``canvas.variants = N`` a sample appears N times per epoch, once
+    per variant, and each variant sits in the bucket of *its* canvas (h, w), so a global batch never
+    mixes shapes. Per epoch (seeded by run.seed and the epoch): shuffle each bucket, chunk it into
+    global batches (a remainder is dropped), shuffle the chunks. ``batch(m)`` -> [(sample, variant)].
+    """
 
     def __init__(self, index: list[dict], global_batch: int, seed: int):
         self.seed, self.G = seed, global_batch
-        self.buckets: dict[tuple[int, int], list[int]] = {}
+        self.buckets: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for e in index:
-            if e["variant"] == 0:
-                self.buckets.setdefault((e["h"], e["w"]), []).append(e["sample"])
+            self.buckets.setdefault((e["h"], e["w"]), []).append((e["sample"], e["variant"]))
         self.per_epoch = sum(len(v) // global_batch for v in self.buckets.values())
         if self.per_epoch == 0:
             sizes = {f"{h}x{w}": len(v) for (h, w), v in sorted(self.buckets.items())}
             raise ConfigError(f"No canvas-size bucket holds a full global batch of {global_batch} "
-                              f"(batch_size x processes); bucket sizes: {sizes}. Lower train.batch_size or add data.")
+                              f"(batch_size x processes); bucket sizes (cached entries): {sizes}. Lower "
+                              "train.batch_size, add data, or (with reference_height_jitter) raise canvas.variants.")
         dropped = sum(len(v) % global_batch for v in self.buckets.values())
         if dropped:
-            log.info("bucketing: %d batches per epoch; %d sample(s) per epoch fall outside full batches",
-                     self.per_epoch, dropped)
+            log.info("bucketing: %d batches per epoch over %d canvas sizes; %d entr(y/ies) per epoch fall outside "
+                     "full batches", self.per_epoch, len(self.buckets), dropped)
         self._epoch, self._batches = -1, []
 
-    def batch(self, m: int) -> list[int]:
+    def batch(self, m: int) -> list[tuple[int, int]]:
         epoch, j = divmod(m, self.per_epoch)
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
@@ -62,14 +75,14 @@ class BatchPlan:
         return self._batches[j]
 
 
-def draw(seed: int, m: int, pos: int, shape: tuple, variants: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """eps ~ N(0, I) of ``shape``; s = sigmoid(n), n ~ N(0, 1) (logit-normal, no shift, as the release)."""
+def draw(seed: int, m: int, pos: int, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """eps ~ N(0, I) of ``shape`` (the loaded entry's latent); s = sigmoid(n), n ~ N(0, 1) (logit-normal,
+    no shift, as the release). Depends only on (seed, micro-batch m, position in the global batch)."""
     from aceplus_core import logit_normal
 
     g = torch.Generator().manual_seed((seed * 1_000_003 + m) * 4099 + pos)
     s = logit_normal(1, generator=g)[0]
-    variant = int(torch.randint(variants, (), generator=g))
-    return torch.randn(shape, generator=g), s, variant
+    return torch.randn(shape, generator=g), s
 
 
 def make_optimizer(params, cfg: Config, device: torch.device):
@@ -150,147 +163,205 @@ class _Stop:
             signal.signal(signal.SIGINT, self._old)
 
 
-def train(cfg: Config) -> dict:
-    """Cache (if needed), then train; returns {"step", "losses", "export", ...} for callers and tests."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-    from tqdm.auto import tqdm
+# --- phases -----------------------------------------------------------------------------------
+# train() below is the list of them; each returns what the next one needs.
 
-    # --- everything that can fail on user input fails here, before any weight is loaded ---------
+
+def check_inputs(cfg: Config):
+    """Data phase: everything that can fail on user input fails here, before any weight is loaded."""
     dit_shapes = check_dit_file(cfg)
     samples, report = load_samples(cfg)
+    return dit_shapes, samples, report
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
+
     out = Path(cfg.run.output_dir)
     # accelerate keeps the mixed-precision setting in a process-wide singleton and refuses a second
     # Accelerator with another one; reset that part (never the process group) so train() can be called
     # again in the same process (tests, notebooks) with a different train.mixed_precision.
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # without it accelerate ignores torchrun's WORLD_SIZE on CPU machines
         mixed_precision=cfg.train.mixed_precision, log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    log.info("accelerate: %s, %d process(es), device %s, mixed precision %s", accelerator.distributed_type, world,
-             device, accelerator.mixed_precision)
+    log.info("accelerate: %s, %d process(es), device %s, mixed precision %s", accelerator.distributed_type,
+             accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    return accelerator
+
+
+def cache_phase(cfg: Config, samples, dit_shapes: dict, accelerator) -> list[dict]:
+    """Encode what is missing on the main process; every process then reads the same index."""
     keys = cache_mod.run_cache_pass(cfg, samples, dit_shapes, is_main=accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    index = cache_mod.read_index(cfg, keys)
-    if cfg.cache.only:
-        log.info("cache.only: %d entries cached in %s; stopping", len(index), cache_mod.cache_root(cfg))
-        accelerator.end_training()
-        return {"step": 0, "losses": [], "cached": len(index)}
-    paths = {(e["sample"], e["variant"]): e["path"] for e in index}
-    sizes = {e["sample"]: (e["h"], e["w"]) for e in index if e["variant"] == 0}
-    plan = BatchPlan(index, cfg.train.batch_size * world, cfg.run.seed)
+    return cache_mod.read_index(cfg, keys)
 
-    # --- model, optimizer, schedule --------------------------------------------------------------
+
+def build_model(cfg: Config, device: torch.device) -> Trainable:
+    """Model phase: the DiT with adapters (or all weights trainable), optionally from a released LoRA."""
     torch.manual_seed(cfg.run.seed)
     model = Trainable(load_dit(cfg, device), cfg)
     if cfg.lora.init_from:
         if not cfg.lora.enabled:
             raise ConfigError("lora.init_from needs lora.enabled = true; for a full fine-tune set model.dit instead.")
         init_from_lora(model, cfg.lora.init_from)
+    return model
+
+
+def prepare_training(model: Trainable, cfg: Config, accelerator):
+    """Optimizer phase: wrap (DDP / FSDP) first, then build the optimizer from the *prepared* model's
+    trainable parameters, so a sharded model gets an optimizer over its shards."""
+    model = accelerator.prepare(model)
     params = [p for p in model.parameters() if p.requires_grad]
     log.info("training %s: %.2f M trainable parameters", "LoRA" if cfg.lora.enabled else "all weights",
              sum(p.numel() for p in params) / 1e6)
-    optimizer = make_optimizer(params, cfg, device)
+    optimizer = accelerator.prepare(make_optimizer(params, cfg, accelerator.device))
     scheduler = make_scheduler(optimizer, cfg)  # stepped by us once per optimizer step (not prepared)
+    model.train()
+    return model, optimizer, scheduler
+
+
+def resume_phase(cfg: Config, raw: Trainable, optimizer, scheduler, accelerator) -> tuple[int, int]:
+    """Restore weights, optimizer, schedule and RNG from ``run.resume``; -> (step, micro-batch)."""
     step, micro = 0, 0
-    ckpt.clean_temp(cfg.run.output_dir) if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        ckpt.clean_temp(cfg.run.output_dir)
     resume = ckpt.find_resume(cfg.run.output_dir, cfg.run.resume)
     if resume is not None:
         state = ckpt.load_checkpoint(resume)
-        model.load_trainable_state(state["trainable"])
+        raw.load_trainable_state(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         step, micro = state["step"], state["micro"]
         log.info("resumed from %s at step %d (micro-batch %d)", resume, step, micro)
     if accelerator.is_main_process:  # the loss curve file holds exactly steps 1..step of this run
-        mpath = out / "metrics.jsonl"
+        mpath = Path(cfg.run.output_dir) / "metrics.jsonl"
         kept = [ln for ln in (mpath.read_text().splitlines() if mpath.exists() else [])
                 if json.loads(ln)["step"] <= step]
         mpath.parent.mkdir(parents=True, exist_ok=True)
         mpath.write_text("".join(ln + "\n" for ln in kept))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    if accelerator.is_main_process:
         accelerator.init_trackers("aceplus")
+    return step, micro
 
-    GA, b = cfg.train.grad_accum, cfg.train.batch_size
+
+def micro_batch(plan: "BatchPlan", paths: dict, cfg: Config, micro: int, rank: int):
+    """This process's slice of global micro-batch ``micro``: the cached entries and their noise/timestep,
+    each drawn at the shape of the entry actually loaded."""
+    b = cfg.train.batch_size
+    gbatch = plan.batch(micro)
+    mine = list(range(rank * b, (rank + 1) * b))
+    batch, layouts = cache_mod.load_batch([paths[gbatch[pos]] for pos in mine])
+    shape = tuple(batch["x0"].shape[1:])  # 16, h, w: one shape per global batch (the plan buckets by it)
+    draws = [draw(cfg.run.seed, micro, pos, shape) for pos in mine]
+    return batch, layouts, torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws])
+
+
+def train_step(model, optimizer, scheduler, plan, paths, cfg: Config, accelerator, micro: int) -> torch.Tensor:
+    """Step phase: ``grad_accum`` micro-batches, clip through the prepared model, one optimizer step.
+    -> the mean loss over every process (a sync point)."""
+    GA, world = cfg.train.grad_accum, accelerator.num_processes
+    acc = torch.zeros((), device=accelerator.device)
+    for k in range(GA):
+        batch, layouts, eps, s = micro_batch(plan, paths, cfg, micro + k, accelerator.process_index)
+        ctx = accelerator.no_sync(model) if (k < GA - 1 and world > 1) else contextlib.nullcontext()
+        with ctx, accelerator.autocast():
+            loss, _ = loss_of(model, batch, layouts, eps, s, cfg, accelerator.device)
+            accelerator.backward(loss / GA)
+        acc += loss.detach() / GA
+    if cfg.train.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return accelerator.reduce(acc, "mean")
+
+
+def log_step(cfg: Config, accelerator, step: int, loss: float, lr: float) -> None:
+    if step % cfg.run.log_every == 0:
+        accelerator.log({"loss": loss, "lr": lr}, step=step)
+    if accelerator.is_main_process:  # plain-text loss curve next to TensorBoard (appended on resume)
+        with open(Path(cfg.run.output_dir) / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, "loss": loss, "lr": lr, "time": time.time()}) + "\n")
+
+
+def save_phase(cfg: Config, raw: Trainable, optimizer, scheduler, accelerator, step: int, micro: int) -> None:
+    """Save phase: a checkpoint of this step (main process writes; every process waits)."""
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(cfg.run.output_dir, step, micro, raw.trainable_state(), optimizer.state_dict(),
+                             scheduler.state_dict(), cfg.to_json(), cfg.run.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def sample_phase(cfg: Config, raw: Trainable, samples, paths: dict, accelerator, step: int) -> None:
+    """Render sample images; runs after the checkpoint of this step, and an error in it is logged
+    (with its traceback) instead of ending the run: a broken preview never costs training."""
+    if not accelerator.is_main_process:
+        return
+    from .sample import render_samples
+
+    try:
+        render_samples(raw, cfg, samples, paths, step, accelerator)
+    except Exception:
+        log.exception("sample rendering at step %d failed; training continues (the checkpoint is saved)", step)
+
+
+def export_phase(cfg: Config, raw: Trainable, accelerator, step: int) -> Optional[Path]:
+    if not accelerator.is_main_process:
+        return None
+    name = "aceplus_lora.safetensors" if cfg.lora.enabled else "aceplus_full.safetensors"
+    return export(raw, cfg, step, Path(cfg.run.output_dir) / name)
+
+
+def train(cfg: Config) -> dict:
+    """Cache (if needed), then train; returns {"step", "losses", "export", ...} for callers and tests."""
+    from tqdm.auto import tqdm
+
+    dit_shapes, samples, report = check_inputs(cfg)                        # data
+    accelerator = make_accelerator(cfg)
+    index = cache_phase(cfg, samples, dit_shapes, accelerator)             # cache
+    if cfg.cache.only:
+        log.info("cache.only: %d entries cached in %s; stopping", len(index), cache_mod.cache_root(cfg))
+        accelerator.end_training()
+        return {"step": 0, "losses": [], "cached": len(index)}
+    paths = {(e["sample"], e["variant"]): e["path"] for e in index}
+    plan = BatchPlan(index, cfg.train.batch_size * accelerator.num_processes, cfg.run.seed)
+    model = build_model(cfg, accelerator.device)                          # model
+    model, optimizer, scheduler = prepare_training(model, cfg, accelerator)  # optimizer / resume
+    raw = accelerator.unwrap_model(model)
+    step, micro = resume_phase(cfg, raw, optimizer, scheduler, accelerator)
+
     losses: list[tuple[int, float]] = []
     pbar = tqdm(total=cfg.run.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train",
                 unit="step", dynamic_ncols=True)
-    raw = accelerator.unwrap_model(model)
     t0, stopped = time.perf_counter(), False
     with _Stop() as stop:
-        while step < cfg.run.max_steps:
-            acc = torch.zeros((), device=device)
-            for k in range(GA):
-                gbatch = plan.batch(micro)
-                mine = list(range(rank * b, (rank + 1) * b))
-                draws = []
-                for pos in mine:
-                    h, w = sizes[gbatch[pos]]
-                    shape = (16, h // 8, w // 8)  # latent of the canvas (VAE factor 8)
-                    draws.append(draw(cfg.run.seed, micro, pos, shape, cfg.canvas.variants))
-                batch, layouts = cache_mod.load_batch([paths[(gbatch[p], d[2])] for p, d in zip(mine, draws)])
-                eps = torch.stack([d[0] for d in draws])
-                s = torch.stack([d[1] for d in draws])
-                sync = k == GA - 1
-                ctx = accelerator.no_sync(model) if (not sync and world > 1) else _null()
-                with ctx, accelerator.autocast():
-                    loss, _ = loss_of(model, batch, layouts, eps, s, cfg, device)
-                    accelerator.backward(loss / GA)
-                acc += loss.detach() / GA
-                micro += 1
-            if cfg.train.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            mean_loss = accelerator.reduce(acc, "mean").item()  # a sync point: every rank's loss
-            losses.append((step, mean_loss))
+        while step < cfg.run.max_steps:                                   # step
+            loss = train_step(model, optimizer, scheduler, plan, paths, cfg, accelerator, micro).item()
+            step, micro = step + 1, micro + cfg.train.grad_accum
+            lr = scheduler.get_last_lr()[0]
+            losses.append((step, loss))
             pbar.update(1)
-            pbar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if step % cfg.run.log_every == 0:
-                accelerator.log({"loss": mean_loss, "lr": scheduler.get_last_lr()[0]}, step=step)
-            if accelerator.is_main_process:  # plain-text loss curve next to TensorBoard (appended on resume)
-                with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                                         "time": time.time()}) + "\n")
-            if accelerator.is_main_process and cfg.run.sample_every and step % cfg.run.sample_every == 0:
-                from .sample import render_samples
-
-                render_samples(raw, cfg, samples, paths, step, accelerator)
-            want_stop = accelerator.reduce(torch.tensor(float(stop.requested), device=device), "max").item() > 0
-            periodic = cfg.run.save_every and step % cfg.run.save_every == 0
-            if (periodic or want_stop or step == cfg.run.max_steps) and accelerator.is_main_process:
-                ckpt.save_checkpoint(cfg.run.output_dir, step, micro, raw.trainable_state(), optimizer, scheduler,
-                                     cfg.to_json(), cfg.run.keep_checkpoints)
-            accelerator.wait_for_everyone()
-            if want_stop:
-                stopped = True
+            pbar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            log_step(cfg, accelerator, step, loss, lr)
+            stopped = accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device),
+                                         "max").item() > 0
+            if stopped or step == cfg.run.max_steps or (cfg.run.save_every and step % cfg.run.save_every == 0):
+                save_phase(cfg, raw, optimizer, scheduler, accelerator, step, micro)   # save before sampling
+            if cfg.run.sample_every and step % cfg.run.sample_every == 0:
+                sample_phase(cfg, raw, samples, paths, accelerator, step)
+            if stopped:
                 break
     pbar.close()
     elapsed = time.perf_counter() - t0
-    result = {"step": step, "losses": losses, "stopped": stopped, "report": report, "seconds": elapsed}
-    if accelerator.is_main_process:
-        name = "aceplus_lora.safetensors" if cfg.lora.enabled else "aceplus_full.safetensors"
-        result["export"] = export(raw, cfg, step, out / name)
-        log.info("done: step %d, last loss %.4f, %.2f s; %s", step, losses[-1][1] if losses else float("nan"),
-                 elapsed, report.summary())
+    result = {"step": step, "losses": losses, "stopped": stopped, "report": report, "seconds": elapsed,
+              "export": export_phase(cfg, raw, accelerator, step)}                 # export
+    log.info("done: step %d, last loss %.4f, %.2f s; %s", step, losses[-1][1] if losses else float("nan"),
+             elapsed, report.summary())
     accelerator.wait_for_everyone()
     accelerator.end_training()  # without it, gloo/NCCL processes abort at exit
     result["model"] = raw
     return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
