@@ -74,6 +74,9 @@ def ddp_base_mode(toml: str, report_dir: str, stock: bool) -> None:
 
 
 if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     torch.set_num_threads(1)
     mode, toml, report = sys.argv[1:4]
     if mode == "train":

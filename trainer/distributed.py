@@ -24,8 +24,10 @@ the non-tensor optimizer hyper-parameters go to JSON. The export gathers the ful
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -80,6 +82,11 @@ def fsdp_wrap(model: nn.Module, cfg: Config) -> nn.Module:
     """
     from torch.distributed.fsdp import fully_shard
 
+    import warnings
+
+    # Flux returns a view (unpatchify); nothing here updates it in place (the loss and the sampler are
+    # out-of-place), which is what FSDP2's warning is about.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPTrainable\) returned a view tensor")
     mp = mixed_precision_policy(cfg)
     blocks = list(model.dit.double_blocks) + list(model.dit.single_blocks)
     for blk in blocks:
@@ -121,6 +128,25 @@ def prepare_model(accelerator, model: nn.Module, cfg: Config) -> tuple[nn.Module
         log.info("DDP: %d frozen tensors on the ignore list (never broadcast or all-reduced); %d trainable move",
                  len(ignored), sum(1 for p in model.parameters() if p.requires_grad))
     return accelerator.prepare(model), s
+
+
+def no_sync(accelerator, model: nn.Module, mode: str, sync: bool):
+    """Skip the gradient reduction on accumulation micro-batches: DDP's ``no_sync``, FSDP2's
+    ``set_requires_gradient_sync(False)`` (accelerate only knows the latter for its own plugin)."""
+    if sync or mode == "single":
+        return contextlib.nullcontext()
+    if mode == "fsdp":
+        return _fsdp_no_sync(model)
+    return accelerator.no_sync(model)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 # --- collective checkpoint state ---------------------------------------------------------------
@@ -201,3 +227,61 @@ def local_shard_report(model: nn.Module) -> dict[str, dict]:
         else:
             out[name] = {"global": list(p.shape), "local": list(p.shape), "placements": "replicated"}
     return out
+
+
+def bfl_state(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``Trainable`` keys (``dit.double_blocks.0...``) -> the DiT's BFL keys (``double_blocks.0...``)."""
+    return {k[len("dit."):]: v for k, v in full.items() if k.startswith("dit.")}
+
+
+# --- checkpoint / resume / sample / export of a sharded run (loop call sites) --------------------
+
+def save_checkpoint(cfg: Config, model: nn.Module, optimizer, scheduler, accelerator, step: int, micro: int) -> None:
+    """Collective: every rank writes its shards into one temp folder, then the main process adds the
+    schedule, RNG and state.json and renames it into place (``checkpoint.save_checkpoint``, atomic)."""
+    from . import checkpoint as ckpt
+
+    root = ckpt.ckpt_dir(cfg.run.output_dir)
+    tmp = root / f".tmp-{ckpt.PREFIX}{step:08d}-sharded"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_sharded(tmp, model, getattr(optimizer, "optimizer", optimizer))
+    accelerator.wait_for_everyone()  # every shard is on disk
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(cfg.run.output_dir, step, micro, {}, {}, scheduler.state_dict(), cfg.to_json(),
+                             cfg.run.keep_checkpoints, into=tmp)
+    accelerator.wait_for_everyone()
+
+
+def resume(folder: Path, model: nn.Module, optimizer) -> None:
+    load_sharded(Path(folder), model, getattr(optimizer, "optimizer", optimizer))
+
+
+def check_resume_layout(folder: Path, mode: str) -> None:
+    sharded = (Path(folder) / SHARDS).is_dir()
+    if sharded != (mode == "fsdp"):
+        raise ValueError(
+            f"checkpoint {folder} was written by a {'sharded (FSDP)' if sharded else 'non-sharded'} run, but this "
+            f"run is {'sharded (FSDP)' if mode == 'fsdp' else mode}. Resume with the same lora.enabled and "
+            "train.distributed settings and more than one process for FSDP (any number: the shards reshard).")
+
+
+def render_samples(cfg: Config, model: nn.Module, samples, paths: dict, step: int, accelerator) -> None:
+    """Sampling under FSDP: every forward is a collective, so every rank renders; only the main
+    process writes into ``output_dir/samples`` (the others into a scratch folder, then removed)."""
+    import dataclasses
+    import tempfile
+
+    from .sample import render_samples as render
+
+    if accelerator.is_main_process:
+        render(model, cfg, samples, paths, step, accelerator)
+        return
+    scratch = tempfile.mkdtemp(prefix="aceplus_samples_")
+    try:
+        render(model, dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=scratch)), samples,
+               paths, step, None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
