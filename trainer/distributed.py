@@ -46,8 +46,8 @@ GROUPS = "optimizer_groups.json"
 def strategy(cfg: Config, world: int) -> str:
     """'single' | 'ddp' | 'fsdp' for this run (see the module docstring)."""
     want = cfg.train.distributed
-    if world <= 1:
-        return "single"
+    if world <= 1:  # FSDP of one process only when asked for and a process group exists (the GPU check)
+        return "fsdp" if want == "fsdp" and not cfg.lora.enabled and dist.is_initialized() else "single"
     if want == "auto":
         return "ddp" if cfg.lora.enabled else "fsdp"
     if want == "fsdp" and cfg.lora.enabled:
