@@ -34,13 +34,30 @@ def _child(toml: str, report: str) -> None:
     from trainer.config import load_config
     from trainer.loop import train
 
+    import threading
+    import time
+
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    result = train(load_config(toml))
+    samples, done = [], threading.Event()
+
+    def sample_rss():  # (time, VmRSS, RssAnon MB) every 20 ms: the peak *during the steps* is read later
+        while not done.is_set():
+            st = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in
+                  Path("/proc/self/status").read_text().splitlines() if ln.startswith(("VmRSS:", "RssAnon:"))}
+            samples.append((time.time(), st["VmRSS"], st["RssAnon"]))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample_rss, daemon=True)
+    thread.start()
+    cfg = load_config(toml)
+    result = train(cfg)
+    done.set()
+    thread.join()
     n = sum(p.numel() for p in result["model"].parameters())
     rank = int(os.environ.get("RANK", "0"))
     Path(report).mkdir(parents=True, exist_ok=True)
     (Path(report) / f"rank{rank}.json").write_text(json.dumps(
-        {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "params": n}))
+        {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "params": n, "rss": samples}))
 
 
 def _step_time(out: Path, skip: int = 2) -> float:
@@ -92,11 +109,22 @@ def main() -> int:
         subprocess.run([*launcher, __file__, "--child", str(toml), str(out / "report")], cwd=ROOT, env=env,
                        check=True, capture_output=True)
         ranks = [json.loads((out / "report" / f"rank{r}.json").read_text()) for r in range(procs)]
+        times = [json.loads(ln)["time"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        # steady state: from the end of step 1 (model loaded, sharded, optimizer state created) to the last
+        # step's end (before the final checkpoint and export, whose serialisation has its own peak)
+        steady = [max(m for t, m, _ in r["rss"] if times[0] <= t <= times[-1]) for r in ranks]
+        anon = [max(a for t, _, a in r["rss"] if times[0] <= t <= times[-1]) for r in ranks]
         rows[name] = {"s_per_step": _step_time(out), "peak_rss_mb_per_process": [r["peak_rss_mb"] for r in ranks],
+                      "training_rss_mb_per_process": steady, "training_private_mb_per_process": anon,
                       "params": ranks[0]["params"]}
-    sys.stdout.write(json.dumps({"args": vars(args), "results": rows}, indent=1) + "\n")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    sys.stdout.write(json.dumps({"args": vars(args), "results": rows}) + "\n")
     for name, r in rows.items():
-        sys.stdout.write(f"{name}: {r['s_per_step']:.3f} s/step, peak RSS per process "
+        sys.stdout.write(f"{name}: {r['s_per_step']:.3f} s/step, RSS per process during the steps "
+                         f"{', '.join(f'{m:.0f}' for m in r['training_rss_mb_per_process'])} MB (private "
+                         f"{', '.join(f'{m:.0f}' for m in r['training_private_mb_per_process'])} MB), peak overall "
                          f"{', '.join(f'{m:.0f}' for m in r['peak_rss_mb_per_process'])} MB "
                          f"({r['params'] / 1e6:.1f} M params)\n")
     return 0

@@ -101,3 +101,23 @@ def test_base_is_memory_mapped_and_equals_stock_loader(comfy_root, fixture_paths
         ref, got = stock.state_dict(), base.diffusion_model.state_dict()
         assert type(base.diffusion_model) is type(stock) and set(got) == set(ref)
         assert all(got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_distributed_strategy_choice(comfy_root):
+    """'auto': DDP for LoRA, FSDP for full fine-tunes (>1 process), nothing for 1; impossible pairs are
+    refused when the config is read, with the fix in the message."""
+    from trainer import distributed as D
+    from trainer.config import ConfigError, load_config
+
+    base = {"model": {"dit": "x"}, "data": {"manifest": "y"}}
+    lora, full = load_config(data=base), load_config(data={**base, "lora": {"enabled": False}})
+    assert (D.strategy(lora, 1), D.strategy(lora, 2), D.strategy(full, 1), D.strategy(full, 2)) == \
+        ("single", "ddp", "single", "fsdp")
+    assert D.strategy(load_config(data=base, overrides=["lora.enabled=false", "train.distributed='ddp'"]), 2) == "ddp"
+    with pytest.raises(ConfigError, match="use 'ddp' or 'auto'"):
+        load_config(data=base, overrides=["train.distributed='fsdp'"])
+    with pytest.raises(ConfigError, match="'bf16'"):
+        load_config(data=base, overrides=["lora.enabled=false", "train.distributed='fsdp'",
+                                          "train.mixed_precision='fp16'"])
+    with pytest.raises(ConfigError, match="'bf16'"):  # auto picks FSDP at 2 processes: refused before loading
+        D.check(load_config(data=base, overrides=["lora.enabled=false", "train.mixed_precision='fp16'"]), 2)

@@ -37,7 +37,9 @@ def fsdp(comfy_root, tmp_path_factory):
 
     def cfg(out: Path, batch: int) -> dict:
         d = testing.base_config(dit, vae, manifest, out,
-                                run={"max_steps": STEPS, "save_every": SAVE_EVERY, "keep_checkpoints": 2},
+                                run={"max_steps": STEPS, "save_every": SAVE_EVERY, "keep_checkpoints": 2,
+                                     "sample_every": STEPS},  # sampling a sharded model: every rank renders
+                                sample={"steps": 1, "indices": [0]},
                                 lora={"enabled": False},
                                 train={"lr": LR, "scheduler": "constant", "batch_size": batch, "grad_accum": 2})
         d["cache"] = {"dir": str(tmp / "cache")}
@@ -110,6 +112,7 @@ def test_two_processes_match_single(fsdp):
     (reduce-scatter of two half-batches vs one batch), and AdamW divides by sqrt(v) + eps, which
     amplifies that rounding where a gradient is near zero."""
     tmp = fsdp["tmp"]
+    assert [p.name for p in (tmp / "dual" / "samples").iterdir()] == [f"step{STEPS:08d}_sample0.png"]
     la, lb = _metrics(tmp / "single"), _metrics(tmp / "dual")
     assert sorted(la) == sorted(lb) == list(range(1, STEPS + 1))
     assert all(lb[s] == pytest.approx(la[s], rel=1e-4) for s in la), (la, lb)

@@ -340,6 +340,7 @@ def train(cfg: Config) -> dict:
 
     dit_shapes, samples, report = check_inputs(cfg)                        # data
     accelerator = make_accelerator(cfg)
+    distributed.check(cfg, accelerator.num_processes)                      # strategy fails before any load
     index = cache_phase(cfg, samples, dit_shapes, accelerator)             # cache
     if cfg.cache.only:
         log.info("cache.only: %d entries cached in %s; stopping", len(index), cache_mod.cache_root(cfg))
