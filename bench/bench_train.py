@@ -1,7 +1,13 @@
 """Training benchmarks: time per step and peak memory.
 
-CPU, tiny model, ours vs ComfyUI's own ``TrainLoraNode`` (same model file, rank, canvas latent size,
-steps; each side in its own child process so peak RSS is its own)::
+CPU, ours vs ComfyUI's own ``TrainLoraNode`` (same model file, rank, canvas latent size, steps; each
+side in its own child process so peak RSS is its own). Compute-bound size (hidden 3072, 1 double +
+1 single block, 500 M params; 368 px images: our canvas packs to 966 image tokens, and TrainLoraNode
+gets latents of exactly that shape), the comparison that counts::
+
+    python bench/bench_train.py --hidden 3072 --size 368 --steps 3 --rank 16
+
+Overhead-bound size (hidden 256, 32 image tokens: measures per-step overhead, not the step)::
 
     python bench/bench_train.py --steps 12 --rank 16
 
@@ -38,11 +44,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _tiny_setup(tmp: Path, size: int):
+def _tiny_setup(tmp: Path, size: int, hidden: int = 256):
     from trainer import testing
 
     tiny = cache_dir() / "trainer_tiny"
-    dit = testing.tiny_flux_file(tiny / "fill_h256.safetensors")
+    dit = testing.tiny_flux_file(tiny / f"fill_h{hidden}.safetensors", hidden=hidden, depth=1, depth_single=1)
     vae = testing.tiny_vae_file(tiny / "vae.safetensors")
     manifest = testing.write_copy_dataset(tmp / "data", n=4, size=size)
     return dit, vae, manifest
@@ -57,7 +63,7 @@ def child_ours(args) -> dict:
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_ours_"))
-    dit, vae, manifest = _tiny_setup(tmp, args.size)
+    dit, vae, manifest = _tiny_setup(tmp, args.size, args.hidden)
     cfg = load_config(data=base_config(dit, vae, manifest, tmp / "out", run={"max_steps": args.steps, "save_every": 0},
                                        lora={"rank": args.rank, "alpha": float(args.rank)},
                                        canvas={"max_tokens": 4096, "target_tokens": 4096}))
@@ -65,7 +71,12 @@ def child_ours(args) -> dict:
     rows = [json.loads(x) for x in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
     per_step = (rows[-1]["time"] - rows[0]["time"]) / (len(rows) - 1)  # excludes the first (warm-up) step
     lat = r["model"].loras  # noqa: F841 - keep the model alive until here
-    return {"side": "ours", "s_per_step": per_step, "peak_rss_mb": peak_rss_mb(),
+    from safetensors import safe_open
+
+    with safe_open(str(next((tmp / "out" / "cache").glob("*.safetensors"))), "pt") as f:
+        h, w = f.get_slice("x0").get_shape()[-2:]  # latent of the cached canvas
+    return {"side": "ours", "s_per_step": per_step, "peak_rss_mb": peak_rss_mb(), "image_tokens": h * w // 4,
+            "latent_hw": f"{h}x{w}",
             "trainable_params": sum(p.numel() for p in r["model"].loras.parameters())}
 
 
@@ -82,11 +93,12 @@ def child_comfy(args) -> dict:
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_comfy_"))
-    dit, vae, manifest = _tiny_setup(tmp, args.size)
+    dit, vae, manifest = _tiny_setup(tmp, args.size, args.hidden)
     cfg = load_config(data=base_config(dit, vae, manifest, tmp / "out"))
     base = load_base_model(cfg, torch.device("cpu"))
     patcher = comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-    h, w = args.size // 8, 2 * args.size // 8  # same latent as our [ref | target] canvas
+    # the latent shape of our cached canvas (passed by the parent after our side ran), else [ref | target]
+    h, w = map(int, args.latent_hw.split("x")) if args.latent_hw else (args.size // 8, 2 * args.size // 8)
     g = torch.Generator().manual_seed(0)
     # a list of one-sample latents: 0.3.75 leaves `multi_res` unset for a single batched latent dict
     latents = [{"samples": torch.randn(1, 16, h, w, generator=g)} for _ in range(4)]
@@ -103,7 +115,8 @@ def child_comfy(args) -> dict:
 
     t1 = run(1)
     tn = run(args.steps)
-    return {"side": "comfy", "s_per_step": (tn - t1) / (args.steps - 1), "peak_rss_mb": peak_rss_mb()}
+    return {"side": "comfy", "s_per_step": (tn - t1) / (args.steps - 1), "peak_rss_mb": peak_rss_mb(),
+            "image_tokens": (h // 2) * (w // 2)}
 
 
 def full_size(args) -> dict:
@@ -197,7 +210,9 @@ def main() -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--size", type=int, default=64, help="CPU: edit/target image size (px); canvas = size x 2 size")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=256, help="CPU: hidden size of the 1 + 1 block FLUX (128 x heads)")
     p.add_argument("--child", choices=["ours", "comfy"], help=argparse.SUPPRESS)
+    p.add_argument("--latent-hw", default="", help=argparse.SUPPRESS)
     p.add_argument("--full-size-cuda", action="store_true")
     p.add_argument("--device", default="cuda")
     p.add_argument("--depth", type=int, default=19)
@@ -220,7 +235,9 @@ def main() -> int:
     results = {}
     for side in ("ours", "comfy"):
         out = subprocess.run([sys.executable, __file__, "--child", side, "--steps", str(args.steps), "--rank",
-                              str(args.rank), "--size", str(args.size), "--threads", str(args.threads)],
+                              str(args.rank), "--size", str(args.size), "--threads", str(args.threads),
+                              "--hidden", str(args.hidden),
+                              "--latent-hw", results.get("ours", {}).get("latent_hw", "")],
                              capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
@@ -228,8 +245,9 @@ def main() -> int:
             return 1
         results[side] = json.loads(line[0][7:])
     ratio = results["ours"]["s_per_step"] / results["comfy"]["s_per_step"]
-    log.info("tiny FLUX (hidden 256, 1+1 blocks), canvas %dx%d px, rank %d, %d steps, %d thread(s)",
-             args.size, 2 * args.size, args.rank, args.steps, args.threads)
+    log.info("FLUX hidden %d, 1+1 blocks, %d px images, %d image tokens (ours) / %d (TrainLoraNode), rank %d, "
+             "%d steps, %d thread(s)", args.hidden, args.size, results["ours"]["image_tokens"],
+             results["comfy"]["image_tokens"], args.rank, args.steps, args.threads)
     for side, r in results.items():
         log.info("  %-5s %.4f s/step  peak RSS %.0f MB", side, r["s_per_step"], r["peak_rss_mb"])
     log.info("  ours / TrainLoraNode time per step = %.2f", ratio)

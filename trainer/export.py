@@ -1,7 +1,8 @@
 """Write the trained weights in the formats ComfyUI and the released ACE++ files use.
 
 LoRA: kohya keys on BFL module names, the released ACE++ format, loaded with every key mapped by
-ComfyUI's ``LoraLoaderModelOnly`` / ``comfy.sd.load_lora_for_models``::
+ComfyUI's ``LoraLoaderModelOnly`` / ``comfy.sd.load_lora_for_models`` (checked before writing: ComfyUI's
+own parser must consume every key, with factor shapes that fit the base model)::
 
     lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight   r x in
     lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight     out x r
@@ -28,11 +29,20 @@ from .model import Trainable, kohya_name
 log = logging.getLogger(__name__)
 
 
-def host_lora_key_map(dit_prefix_keys: list[str]) -> set[str]:
-    """The kohya stems ComfyUI maps for a FLUX model (via its own key map function)."""
+class ExportCheckError(RuntimeError):
+    """The weights about to be exported would not load completely in ComfyUI."""
+
+
+def host_lora_key_map(dit_prefix_keys: list[str]) -> dict[str, str]:
+    """kohya stem -> ``diffusion_model.<module>.weight``, built by ComfyUI's ``model_lora_keys_unet``.
+
+    That function fills the generic BFL entries first and then asks the model config for the diffusers
+    names; our key-only shim has no config, so that second part raises and the generic map (the one
+    that covers kohya BFL keys) is what we keep.
+    """
     import comfy.lora
 
-    class _Shim:  # model_lora_keys_unet only needs state_dict() keys and model_config for some archs
+    class _Shim:
         def __init__(self, keys):
             self._keys = keys
             self.model_config = None
@@ -40,12 +50,53 @@ def host_lora_key_map(dit_prefix_keys: list[str]) -> set[str]:
         def state_dict(self):
             return dict.fromkeys(self._keys)
 
+    key_map: dict[str, str] = {}
     try:
-        key_map = comfy.lora.model_lora_keys_unet(_Shim(dit_prefix_keys), {})
-    except Exception:  # some versions inspect the model class; fall back to the documented rule
-        key_map = {f"lora_unet_{k[len('diffusion_model.'):-len('.weight')].replace('.', '_')}": k
-                   for k in dit_prefix_keys if k.endswith(".weight")}
-    return set(key_map)
+        comfy.lora.model_lora_keys_unet(_Shim(dit_prefix_keys), key_map)
+    except (AttributeError, TypeError, KeyError):  # the diffusers part needs a model config
+        pass
+    return key_map
+
+
+def check_lora_loads_in_comfy(sd: dict[str, torch.Tensor], dit_shapes: dict[str, tuple]) -> None:
+    """Run ComfyUI's own LoRA parser (``comfy.lora.load_lora``) on ``sd`` against the DiT's keys and
+    raise unless every key is consumed and every ``up @ down`` has the shape of the weight it patches.
+
+    Fails on: a module the model does not have, a key ComfyUI does not parse (a typo'd suffix), a
+    factor whose shape does not fit its module.
+    """
+    import comfy.lora
+
+    key_map = host_lora_key_map([f"diffusion_model.{k}" for k in dit_shapes])
+    not_loaded: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if msg.startswith("lora key not loaded: "):
+                not_loaded.append(msg[len("lora key not loaded: "):])
+
+    handler, root = _Catch(logging.WARNING), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        patches = comfy.lora.load_lora(sd, key_map, log_missing=True)
+    except Exception as e:  # e.g. KeyError for an up factor without its down factor
+        raise ExportCheckError(f"ComfyUI's LoRA parser fails on these weights ({type(e).__name__}: {e}); an "
+                               "up/down pair is incomplete or misnamed.") from e
+    finally:
+        root.removeHandler(handler)
+    if not_loaded:
+        raise ExportCheckError(f"{len(not_loaded)} LoRA key(s) ComfyUI would not load, e.g. {sorted(not_loaded)[:5]}; "
+                               "the trained modules and the base model's keys disagree (a different base file?).")
+    bad = []
+    for target, patch in patches.items():
+        weights = patch.weights if hasattr(patch, "weights") else patch[1]  # adapter object | ("lora", (...))
+        up, down = weights[0], weights[1]
+        want = tuple(dit_shapes[target[len("diffusion_model."):]])
+        if (up.shape[0], down.shape[-1]) != want[:2] or up.shape[1] != down.shape[0]:
+            bad.append(f"{target}: up {tuple(up.shape)} @ down {tuple(down.shape)} vs weight {want}")
+    if bad:
+        raise ExportCheckError(f"{len(bad)} LoRA factor pair(s) do not fit their module: {bad[:3]}")
 
 
 def lora_state_dict(model: Trainable, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
@@ -70,11 +121,7 @@ def export(model: Trainable, cfg: Config, step: int, path: Path, state: dict | N
     BFL-key weights when the model itself is sharded (gathered by ``trainer.distributed``)."""
     if cfg.lora.enabled:
         sd = lora_state_dict(model)
-        mapped = host_lora_key_map([f"diffusion_model.{k}" for k in model.dit.state_dict()])
-        stems = {k.rsplit(".", 2)[0] if ".lora_" in k else k.rsplit(".", 1)[0] for k in sd}
-        unmapped = sorted(stems - mapped)
-        if unmapped:  # would load as "lora key not loaded" in ComfyUI
-            raise RuntimeError(f"LoRA keys ComfyUI would not map: {unmapped[:5]}")
+        check_lora_loads_in_comfy(sd, {k: tuple(v.shape) for k, v in model.dit.state_dict().items()})
     else:
         dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float32
         src = state if state is not None else model.dit.state_dict()

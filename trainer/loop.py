@@ -245,14 +245,19 @@ def resume_phase(cfg: Config, raw: Trainable, optimizer, scheduler, accelerator)
         ckpt.set_rng_state(state["rng"])
         step, micro = state["step"], state["micro"]
         log.info("resumed from %s at step %d (micro-batch %d)", resume, step, micro)
-    if accelerator.is_main_process:  # the loss curve file holds exactly steps 1..step of this run
-        mpath = Path(cfg.run.output_dir) / "metrics.jsonl"
-        kept = [ln for ln in (mpath.read_text().splitlines() if mpath.exists() else [])
-                if json.loads(ln)["step"] <= step]
-        mpath.parent.mkdir(parents=True, exist_ok=True)
-        mpath.write_text("".join(ln + "\n" for ln in kept))
-        accelerator.init_trackers("aceplus")
     return step, micro
+
+
+def open_logs(cfg: Config, accelerator, step: int) -> None:
+    """metrics.jsonl keeps exactly steps 1..step of this run (a resumed run appends); TensorBoard starts."""
+    if not accelerator.is_main_process:
+        return
+    mpath = Path(cfg.run.output_dir) / "metrics.jsonl"
+    kept = [ln for ln in (mpath.read_text().splitlines() if mpath.exists() else [])
+            if json.loads(ln)["step"] <= step]
+    mpath.parent.mkdir(parents=True, exist_ok=True)
+    mpath.write_text("".join(ln + "\n" for ln in kept))
+    accelerator.init_trackers("aceplus")
 
 
 def micro_batch(plan: "BatchPlan", paths: dict, cfg: Config, micro: int, rank: int):
@@ -352,6 +357,7 @@ def train(cfg: Config) -> dict:
     model, optimizer, scheduler = prepare_training(model, cfg, accelerator)  # optimizer / resume
     raw = accelerator.unwrap_model(model)
     step, micro = resume_phase(cfg, raw, optimizer, scheduler, accelerator)
+    open_logs(cfg, accelerator, step)
 
     losses: list[tuple[int, float]] = []
     pbar = tqdm(total=cfg.run.max_steps, initial=step, disable=not accelerator.is_main_process, desc="train",
@@ -378,8 +384,9 @@ def train(cfg: Config) -> dict:
     elapsed = time.perf_counter() - t0
     result = {"step": step, "losses": losses, "stopped": stopped, "report": report, "seconds": elapsed,
               "export": export_phase(cfg, raw, accelerator, step)}                 # export
-    log.info("done: step %d, last loss %.4f, %.2f s; %s", step, losses[-1][1] if losses else float("nan"),
-             elapsed, report.summary())
+    if accelerator.is_main_process:
+        log.info("done: step %d, last loss %.4f, %.2f s; %s", step, losses[-1][1] if losses else float("nan"),
+                 elapsed, report.summary())
     accelerator.wait_for_everyone()
     accelerator.end_training()  # without it, gloo/NCCL processes abort at exit
     result["model"] = raw

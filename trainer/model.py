@@ -10,8 +10,10 @@ Either way the result is ComfyUI's ``Flux`` module with the file's weights.
 
 LoRA: a forward hook on each target Linear adds ``(alpha / r) * up(down(x))`` (the "bypass"
 form: no full-size weight or weight gradient is materialised, unlike a weight-function patch).
-Key names come from ComfyUI's own LoRA key map (``comfy.lora.model_lora_keys_unet``), so what we
-export is exactly what ``load_lora_for_models`` maps.
+Key names are built by string replacement (``kohya_name``: ``lora_unet_`` + the BFL module name with
+dots as underscores), the rule ComfyUI's ``comfy.lora.model_lora_keys_unet`` applies to BFL keys; the
+export runs every file through ComfyUI's own parser (``comfy.lora.load_lora``) before writing it
+(``trainer.export.check_lora_loads_in_comfy``).
 """
 
 from __future__ import annotations

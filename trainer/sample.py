@@ -1,10 +1,10 @@
-"""Sample images during training, with the same canvas and crop-back as the nodes.
+"""Sample images during training, with the same crop-back as the nodes.
 
-Per listed sample: the canvas from ``build_canvas`` (no jitter), its cached condition latent and
-text embedding, Euler over the FLUX-shifted schedule (``sigma' = e^mu / (e^mu + 1/sigma - 1)``,
-mu from the canvas token count, as ComfyUI's ModelSamplingFlux), VAE decode, ``crop_back`` to the
-input size with unmasked pixels composited from the input. PNGs go to ``<output_dir>/samples``
-and to TensorBoard.
+Per listed sample: the cached canvas of variant 0 (its condition latent, mask, layout and text
+embedding belong together, also when reference_height_jitter reshaped that canvas), Euler over the
+FLUX-shifted schedule (``sigma' = e^mu / (e^mu + 1/sigma - 1)``, mu from the canvas token count, as
+ComfyUI's ModelSamplingFlux), VAE decode, ``crop_back`` to the input size with unmasked pixels
+composited from the input. PNGs go to ``<output_dir>/samples`` and to TensorBoard.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import cache as cache_mod
 from .config import Config
+from .data import load_sample_tensors
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,16 @@ def render_samples(model, cfg: Config, samples, paths: dict, step: int, accelera
         if not 0 <= i < len(samples):
             log.warning("sample.indices: %d is outside the dataset (%d samples); skipped", i, len(samples))
             continue
-        t, canvas = cache_mod.build_sample_canvas(cfg, samples[i], 0, training=False)
+        # the cached entry (variant 0) is self-consistent: its condition latent, mask and layout belong to
+        # one canvas; with reference_height_jitter that canvas differs from an un-jittered rebuild
+        t = load_sample_tensors(samples[i])
         entry, layout = cache_mod.load_entry(paths[(i, 0)])
-        lat = euler_sample(model, entry["cond"][None], canvas.mask, entry["ctx"][None], entry["pooled"][None],
+        lat = euler_sample(model, entry["cond"][None], entry["mask"][None], entry["ctx"][None], entry["pooled"][None],
                            layout.tokens, cfg.sample.steps, cfg.sample.guidance, cfg.run.seed, device)
         decoded = vae.decode(denormalize_latent(lat.cpu())).float()  # B, H, W, 3
         decoded = to_bchw(decoded.reshape(-1, *decoded.shape[-3:])).clamp(0, 1)
         original = t["edit"]
-        img = crop_back(decoded, canvas.layout, original, t["mask"] if original is not None else None)
+        img = crop_back(decoded, layout, original, t["mask"] if original is not None else None)
         arr = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         path = out_dir / f"step{step:08d}_sample{i}.png"
         Image.fromarray(arr).save(path)
