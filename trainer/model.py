@@ -1,11 +1,11 @@
 """The DiT through ComfyUI's own loader and FLUX code, plus LoRA and per-block checkpointing.
 
-Loading: files whose hidden size is 3072 (every real FLUX, the tiny fixtures) go through
-``comfy.sd.load_diffusion_model_state_dict``, the loader behind ``UNETLoader``. ComfyUI up to
-0.8 fixes ``num_heads = 24`` in detection, so smaller test models cannot go through it; for
-those (or when ``model.num_heads`` is set) we run the same steps ourselves: detect the config
-with ``comfy.model_detection.detect_unet_config``, set ``num_heads = hidden / 128`` (what
-ComfyUI >= 0.9 does), pick the model class with ``model_config_from_unet_config``, load weights.
+Loading: the steps of ``comfy.sd.load_diffusion_model_state_dict`` (the loader behind
+``UNETLoader``), run here: detect the config with ``comfy.model_detection.detect_unet_config``,
+set ``num_heads = hidden / 128`` (ComfyUI up to 0.8 fixes 24 in detection, which tiny test models
+lack; >= 0.9 does the same), pick the model class with ``model_config_from_unet_config``, then build
+it on the meta device and *assign* the memory-mapped file's tensors (``_mmap_model``: no private
+copy of the base per process). Scaled-fp8 / quantized files go through the stock loader itself.
 Either way the result is ComfyUI's ``Flux`` module with the file's weights.
 
 LoRA: a forward hook on each target Linear adds ``(alpha / r) * up(down(x))`` (the "bypass"
