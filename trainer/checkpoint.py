@@ -118,16 +118,20 @@ def from_json_tree(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_checkpoint(output_dir: str, step: int, micro: int, trainable: dict[str, torch.Tensor], optimizer: dict,
-                    scheduler: dict, config_json: str, keep: int, rng: Optional[dict] = None) -> Path:
+                    scheduler: dict, config_json: str, keep: int, rng: Optional[dict] = None,
+                    into: Optional[Path] = None) -> Path:
     """Write ``trainable`` (tensors), ``optimizer`` / ``scheduler`` (their ``state_dict()``s) and the RNG
-    state (this process's, unless given) as safetensors + JSON; atomic, then rotate to ``keep``."""
+    state (this process's, unless given) as safetensors + JSON; atomic, then rotate to ``keep``.
+    ``into``: a temp folder that already holds files every rank wrote (a sharded run's shards,
+    ``trainer.distributed``); it becomes the checkpoint."""
     root = ckpt_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = into if into is not None else root / f".tmp-{final.name}-{os.getpid()}"
+    if into is None:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
     save_file({k: v.contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"),
               metadata={"step": str(step)})
     tensors: dict[str, torch.Tensor] = {}
@@ -136,7 +140,7 @@ def save_checkpoint(output_dir: str, step: int, micro: int, trainable: dict[str,
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "micro": micro, "config": json.loads(config_json),
                                                 **trees}, indent=1))
-    for f in tmp.iterdir():  # data on disk before the rename makes the folder visible
+    for f in [f for f in tmp.rglob("*") if f.is_file()]:  # data on disk before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save)

@@ -129,6 +129,11 @@ class TrainConfig:
     ref_weight: float = doc("Loss weight of the reference region (reconstruction); release 1.", 1.0)
     target_weight: float = doc("Loss weight of the target region (generation); release 1.", 1.0)
     unmasked_weight: Optional[float] = doc("If set, weight of target tokens with no masked pixel.", None, example=0.5)
+    distributed: Literal["auto", "ddp", "fsdp"] = doc(
+        "Multi-process strategy: 'auto' = DDP for LoRA (only the LoRA moves; the frozen base is never "
+        "broadcast), FSDP2 full sharding for full fine-tunes (per-block units, bf16 params / fp32 reduce with "
+        "mixed_precision = 'bf16'). 'ddp' replicates a full fine-tune (small models only). One process: unused.",
+        "auto")
 
 
 @dataclass(frozen=True)
@@ -293,6 +298,12 @@ def validate(cfg: Config) -> None:
     jit = cfg.canvas.reference_height_jitter
     if jit and not (len(jit) == 2 and 0 < jit[0] <= jit[1] <= 1):
         raise ConfigError(f"canvas.reference_height_jitter must be [] or [lo, hi] with 0 < lo <= hi <= 1, got {jit}.")
+    if cfg.train.distributed == "fsdp" and cfg.lora.enabled:
+        raise ConfigError("train.distributed = 'fsdp' shards full fine-tunes (lora.enabled = false); a LoRA run "
+                          "replicates the frozen base and moves only the LoRA: use 'ddp' or 'auto'.")
+    if cfg.train.distributed == "fsdp" and cfg.train.mixed_precision == "fp16":
+        raise ConfigError("train.distributed = 'fsdp' with train.mixed_precision = 'fp16' needs a sharded grad "
+                          "scaler, which this trainer does not use; set train.mixed_precision = 'bf16' or 'no'.")
     if not cfg.model.dit:
         raise ConfigError("model.dit is empty: set it to the FLUX.1-Fill-dev (or ACE++ FFT) .safetensors file.")
     if not cfg.data.manifest:

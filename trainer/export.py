@@ -116,14 +116,16 @@ def metadata(cfg: Config, step: int) -> dict[str, str]:
             "format": "pt"}
 
 
-def export(model: Trainable, cfg: Config, step: int, path: Path) -> Path:
-    """Write the LoRA (or full weights) atomically: temp file, then rename."""
+def export(model: Trainable, cfg: Config, step: int, path: Path, state: dict | None = None) -> Path:
+    """Write the LoRA (or full weights) atomically: temp file, then rename. ``state``: the DiT's full
+    BFL-key weights when the model itself is sharded (gathered by ``trainer.distributed``)."""
     if cfg.lora.enabled:
         sd = lora_state_dict(model)
         check_lora_loads_in_comfy(sd, {k: tuple(v.shape) for k, v in model.dit.state_dict().items()})
     else:
         dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float32
-        sd = {k: v.detach().to(dtype).cpu().contiguous() for k, v in model.dit.state_dict().items()}
+        src = state if state is not None else model.dit.state_dict()
+        sd = {k: v.detach().to(dtype).cpu().contiguous() for k, v in src.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(sd, str(tmp), metadata=metadata(cfg, step))

@@ -14,7 +14,6 @@ save/export (``save_phase``, ``sample_phase``, ``export_phase``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from typing import Optional
 import torch
 
 from . import cache as cache_mod
+from . import distributed
 from . import checkpoint as ckpt
 from .config import Config, ConfigError
 from .data import load_samples
@@ -214,11 +214,13 @@ def build_model(cfg: Config, device: torch.device) -> Trainable:
 def prepare_training(model: Trainable, cfg: Config, accelerator):
     """Optimizer phase: wrap (DDP / FSDP) first, then build the optimizer from the *prepared* model's
     trainable parameters, so a sharded model gets an optimizer over its shards."""
-    model = accelerator.prepare(model)
+    model, mode = distributed.prepare_model(accelerator, model, cfg)  # DDP (base ignored) or FSDP2 shards
     params = [p for p in model.parameters() if p.requires_grad]
     log.info("training %s: %.2f M trainable parameters", "LoRA" if cfg.lora.enabled else "all weights",
              sum(p.numel() for p in params) / 1e6)
-    optimizer = accelerator.prepare(make_optimizer(params, cfg, accelerator.device))
+    optimizer = make_optimizer(params, cfg, accelerator.device)
+    if mode != "fsdp":  # FSDP: the optimizer steps the DTensor shards directly (DCP checkpoints it)
+        optimizer = accelerator.prepare(optimizer)
     scheduler = make_scheduler(optimizer, cfg)  # stepped by us once per optimizer step (not prepared)
     model.train()
     return model, optimizer, scheduler
@@ -232,8 +234,13 @@ def resume_phase(cfg: Config, raw: Trainable, optimizer, scheduler, accelerator)
     resume = ckpt.find_resume(cfg.run.output_dir, cfg.run.resume)
     if resume is not None:
         state = ckpt.load_checkpoint(resume)
-        raw.load_trainable_state(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
+        mode = distributed.strategy(cfg, accelerator.num_processes)
+        distributed.check_resume_layout(resume, mode)
+        if mode == "fsdp":  # collective: each rank reads its slices of weights and AdamW state
+            distributed.resume(resume, raw, optimizer)
+        else:
+            raw.load_trainable_state(state["trainable"])
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         step, micro = state["step"], state["micro"]
@@ -272,7 +279,7 @@ def train_step(model, optimizer, scheduler, plan, paths, cfg: Config, accelerato
     acc = torch.zeros((), device=accelerator.device)
     for k in range(GA):
         batch, layouts, eps, s = micro_batch(plan, paths, cfg, micro + k, accelerator.process_index)
-        ctx = accelerator.no_sync(model) if (k < GA - 1 and world > 1) else contextlib.nullcontext()
+        ctx = distributed.no_sync(accelerator, model, distributed.strategy(cfg, world), sync=k == GA - 1)
         with ctx, accelerator.autocast():
             loss, _ = loss_of(model, batch, layouts, eps, s, cfg, accelerator.device)
             accelerator.backward(loss / GA)
@@ -295,6 +302,9 @@ def log_step(cfg: Config, accelerator, step: int, loss: float, lr: float) -> Non
 
 def save_phase(cfg: Config, raw: Trainable, optimizer, scheduler, accelerator, step: int, micro: int) -> None:
     """Save phase: a checkpoint of this step (main process writes; every process waits)."""
+    if distributed.strategy(cfg, accelerator.num_processes) == "fsdp":  # collective: every rank writes shards
+        distributed.save_checkpoint(cfg, raw, optimizer, scheduler, accelerator, step, micro)
+        return
     if accelerator.is_main_process:
         ckpt.save_checkpoint(cfg.run.output_dir, step, micro, raw.trainable_state(), optimizer.state_dict(),
                              scheduler.state_dict(), cfg.to_json(), cfg.run.keep_checkpoints)
@@ -304,21 +314,29 @@ def save_phase(cfg: Config, raw: Trainable, optimizer, scheduler, accelerator, s
 def sample_phase(cfg: Config, raw: Trainable, samples, paths: dict, accelerator, step: int) -> None:
     """Render sample images; runs after the checkpoint of this step, and an error in it is logged
     (with its traceback) instead of ending the run: a broken preview never costs training."""
-    if not accelerator.is_main_process:
+    fsdp = distributed.strategy(cfg, accelerator.num_processes) == "fsdp"
+    if not accelerator.is_main_process and not fsdp:
         return
     from .sample import render_samples
 
     try:
-        render_samples(raw, cfg, samples, paths, step, accelerator)
+        if fsdp:  # every forward of a sharded model is a collective: every rank renders
+            distributed.render_samples(cfg, raw, samples, paths, step, accelerator)
+        else:
+            render_samples(raw, cfg, samples, paths, step, accelerator)
     except Exception:
         log.exception("sample rendering at step %d failed; training continues (the checkpoint is saved)", step)
 
 
 def export_phase(cfg: Config, raw: Trainable, accelerator, step: int) -> Optional[Path]:
+    full = None
+    if distributed.strategy(cfg, accelerator.num_processes) == "fsdp":  # collective gather, rank 0 receives
+        full = distributed.gather_full_state(raw)
     if not accelerator.is_main_process:
         return None
     name = "aceplus_lora.safetensors" if cfg.lora.enabled else "aceplus_full.safetensors"
-    return export(raw, cfg, step, Path(cfg.run.output_dir) / name)
+    return export(raw, cfg, step, Path(cfg.run.output_dir) / name,
+                  state=distributed.bfl_state(full) if full is not None else None)
 
 
 def train(cfg: Config) -> dict:
@@ -327,6 +345,7 @@ def train(cfg: Config) -> dict:
 
     dit_shapes, samples, report = check_inputs(cfg)                        # data
     accelerator = make_accelerator(cfg)
+    distributed.check(cfg, accelerator.num_processes)                      # strategy fails before any load
     index = cache_phase(cfg, samples, dit_shapes, accelerator)             # cache
     if cfg.cache.only:
         log.info("cache.only: %d entries cached in %s; stopping", len(index), cache_mod.cache_root(cfg))

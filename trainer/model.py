@@ -1,11 +1,11 @@
 """The DiT through ComfyUI's own loader and FLUX code, plus LoRA and per-block checkpointing.
 
-Loading: files whose hidden size is 3072 (every real FLUX, the tiny fixtures) go through
-``comfy.sd.load_diffusion_model_state_dict``, the loader behind ``UNETLoader``. ComfyUI up to
-0.8 fixes ``num_heads = 24`` in detection, so smaller test models cannot go through it; for
-those (or when ``model.num_heads`` is set) we run the same steps ourselves: detect the config
-with ``comfy.model_detection.detect_unet_config``, set ``num_heads = hidden / 128`` (what
-ComfyUI >= 0.9 does), pick the model class with ``model_config_from_unet_config``, load weights.
+Loading: the steps of ``comfy.sd.load_diffusion_model_state_dict`` (the loader behind
+``UNETLoader``), run here: detect the config with ``comfy.model_detection.detect_unet_config``,
+set ``num_heads = hidden / 128`` (ComfyUI up to 0.8 fixes 24 in detection, which tiny test models
+lack; >= 0.9 does the same), pick the model class with ``model_config_from_unet_config``, then build
+it on the meta device and *assign* the memory-mapped file's tensors (``_mmap_model``: no private
+copy of the base per process). Scaled-fp8 / quantized files go through the stock loader itself.
 Either way the result is ComfyUI's ``Flux`` module with the file's weights.
 
 LoRA: a forward hook on each target Linear adds ``(alpha / r) * up(down(x))`` (the "bypass"
@@ -87,13 +87,19 @@ def load_base_model(cfg: Config, device: torch.device):
         weight_dtype = _dtype(cfg.model.base_dtype)
     hidden = shapes["img_in.weight"][0]
     heads = cfg.model.num_heads or hidden // 128
-    sd, metadata = comfy.utils.load_torch_file(cfg.model.dit, return_metadata=True)
+    sd, metadata = comfy.utils.load_torch_file(cfg.model.dit, return_metadata=True)  # safetensors: memory-mapped
+    stock = None
     if heads == 24 and hidden == 3072:
+        probe = comfy.model_detection.model_config_from_unet(dict(sd), "", metadata=metadata)
+        if probe is None or probe.scaled_fp8 is not None or getattr(probe, "layer_quant_config", None):
+            stock = True  # scaled-fp8 / quantized files: ComfyUI's own loader handles their extra keys
+    if stock:
         patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": weight_dtype}, metadata=metadata)
         model = patcher.model
     else:
-        log.info("hidden %d: building the FLUX config with num_heads=%d (ComfyUI <= 0.8 detection fixes 24)",
-                 hidden, heads)
+        if heads != 24:
+            log.info("hidden %d: building the FLUX config with num_heads=%d (ComfyUI <= 0.8 detection fixes 24)",
+                     hidden, heads)
         prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
         sd = comfy.utils.state_dict_prefix_replace(sd, {prefix: ""}, filter_keys=True) or sd
         unet_config = comfy.model_detection.detect_unet_config(sd, "", metadata=metadata)
@@ -106,14 +112,41 @@ def load_base_model(cfg: Config, device: torch.device):
         manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, device,
                                                               model_config.supported_inference_dtypes)
         model_config.set_inference_dtype(weight_dtype, manual_cast)
-        model = model_config.get_model(sd, "")
-        model.load_model_weights(sd, "")
+        model = _mmap_model(model_config, sd)
     dit = model.diffusion_model
     dit.to(device)
     n = sum(p.numel() for p in dit.parameters())
     log.info("DiT %s: %.1f M parameters, hidden %d, %d heads, %d double / %d single blocks, weights %s",
              Path(cfg.model.dit).name, n / 1e6, hidden, heads, len(dit.double_blocks), len(dit.single_blocks),
              weight_dtype)
+    return model
+
+
+def _mmap_model(model_config, sd: dict):
+    """ComfyUI's model for ``model_config`` built on the meta device, its weights *assigned* from the
+    memory-mapped file instead of copied into freshly allocated ones.
+
+    ``comfy.sd.load_diffusion_model_state_dict`` allocates every weight on the CPU and copies the file
+    into it: one private copy of the whole DiT per process (23.8 GB for FLUX in bf16, x 8 ranks on an
+    8-GPU node) before ``.to(cuda)``. Assigned, a weight whose dtype already matches stays a view of
+    the file's pages (page cache, shared by every rank on the host, dropped under memory pressure);
+    only weights that need a dtype conversion are copied, one at a time. Same classes, dtypes and
+    values as the stock path (``tests/test_trainer_ddp.py`` checks bit-equality).
+    """
+    model = model_config.get_model(sd, "", device=torch.device("meta"))
+    dit = model.diffusion_model
+    skeleton = dit.state_dict()
+    weights = model_config.process_unet_state_dict(dict(sd))
+    unexpected = sorted(set(weights) - set(skeleton))
+    missing = sorted(set(skeleton) - set(weights))
+    if missing or unexpected:
+        raise ConfigError(f"model.dit: the file does not match the detected FLUX layout: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}. Is it a complete BFL-key FLUX diffusion model?")
+    dit.load_state_dict({k: (v if v.dtype == skeleton[k].dtype else v.to(skeleton[k].dtype))
+                         for k, v in weights.items()}, strict=True, assign=True)
+    left = [n for n, t in [*dit.named_parameters(), *dit.named_buffers()] if t.is_meta]
+    if left:  # a tensor the file does not hold (e.g. a non-persistent buffer): cannot come from the file
+        raise RuntimeError(f"FLUX tensors not in the file stayed on the meta device: {left[:5]}")
     return model
 
 
