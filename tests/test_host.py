@@ -170,3 +170,62 @@ def test_the_guard_lets_a_new_enough_host_through_to_the_nodes(tmp_path):
     done = import_pack_on(fake_host(tmp_path, "0.3.75", True))
     assert "requires a newer version" not in done.stderr
     assert "cannot import name 'ComfyExtension'" in done.stderr  # reached nodes/__init__.py
+
+
+# ---- another ComfyUI from a source archive, and the front end it pins -------------------------------------------
+
+
+def fake_comfyui_archive(tmp_path: Path, version: str, frontend: str = "1.49.6", tops=("ComfyUI-x",)) -> Path:
+    import tarfile
+
+    src = tmp_path / "src"
+    for top in tops:
+        (src / top / "comfy").mkdir(parents=True)
+        (src / top / "main.py").write_text("")
+        (src / top / "comfy" / "model_base.py").write_text("")
+        (src / top / "comfyui_version.py").write_text(f'# generated\n__version__ = "{version}"\n')
+        (src / top / "requirements.txt").write_text(f"comfyui-frontend-package=={frontend}\ntorch\n")
+    archive = tmp_path / "comfyui.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for top in tops:
+            tar.add(src / top, arcname=top)
+    return archive
+
+
+def test_an_archive_unpacks_once_into_the_cache_by_its_version(tmp_path, monkeypatch):
+    from aceplus_host import comfyui_version, host_frontend_version, unpack_comfyui_archive
+
+    monkeypatch.setenv("ACEPP_CACHE", str(tmp_path / "cache"))
+    archive = fake_comfyui_archive(tmp_path, "0.99.1", frontend="9.8.7")
+    root = unpack_comfyui_archive(archive)
+    assert root == tmp_path / "cache" / "comfyui-0.99.1"
+    assert comfyui_version(root) == "0.99.1" and host_frontend_version(root) == "9.8.7"
+    (root / "marker").write_text("kept")
+    assert unpack_comfyui_archive(archive) == root and (root / "marker").is_file()  # not unpacked again
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["comfyui-0.99.1"]  # no temp folder left
+
+
+def test_an_archive_that_is_not_one_comfyui_tree_is_refused(tmp_path, monkeypatch):
+    from aceplus_host import unpack_comfyui_archive
+
+    monkeypatch.setenv("ACEPP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="should hold one ComfyUI folder"):
+        unpack_comfyui_archive(fake_comfyui_archive(tmp_path, "0.99.1", tops=("a", "b")))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        unpack_comfyui_archive(tmp_path / "nowhere.tar.gz")
+
+
+def test_the_front_end_comes_from_the_hosts_pin(comfy_root, tmp_path, monkeypatch):
+    """The version is read from the host's requirements.txt; a cached ``pip --target`` copy of it is found."""
+    from aceplus_host import find_frontend, host_frontend_version
+
+    pin = host_frontend_version(comfy_root)
+    line = next(ln for ln in (comfy_root / "requirements.txt").read_text().splitlines()
+                if ln.lower().startswith("comfyui-frontend-package"))
+    assert line.replace(" ", "") == f"comfyui-frontend-package=={pin}"
+    monkeypatch.setenv("ACEPP_CACHE", str(tmp_path))
+    assert find_frontend("0.0.1") is None
+    static = tmp_path / "frontend" / "0.0.1" / "comfyui_frontend_package" / "static"
+    static.mkdir(parents=True)
+    (static / "index.html").write_text("<html></html>")
+    assert find_frontend("0.0.1") == static
