@@ -205,8 +205,8 @@ def test_missing_node_is_detected(page):
 def test_loads(name, page, frontend_server):
     wf = SHIPPED[name]
     page.console.take()
-    page.evaluate("async (wf) => { window.__aceppMissing = null; await window.app.loadGraphData(wf, true, true, null) }",
-                  wf)
+    page.evaluate("async (wf) => { window.__aceppMissing = null;"
+                  " await window.app.loadGraphData(wf, true, true, null) }", wf)
     page.wait_for_timeout(600)  # image previews, dialogs
     assert page.evaluate("() => window.__aceppMissing") == [], "the front end reports missing node types"
     assert not [d for d in _dialogs(page) if "missing" in d.lower()], _dialogs(page)

@@ -108,7 +108,7 @@ def test_node_outputs_are_the_hosts_except_unused_outputs_of_output_nodes(name, 
         info = object_info.get(node["type"])
         if info is None:
             continue  # notes: no definition
-        host = [[label, kind] for label, kind in zip(info["output_name"], info["output"])]
+        host = [[label, kind] for label, kind in zip(info["output_name"], info["output"], strict=True)]
         written = [[out["name"], out["type"]] for out in node["outputs"]]
         if written != host:
             unused = info.get("output_node") and written == [] and not any(lk[1] == node["id"]
