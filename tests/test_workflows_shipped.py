@@ -96,6 +96,27 @@ def test_sound(name, object_info):
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_node_outputs_are_the_hosts_except_unused_outputs_of_output_nodes(name, object_info):
+    """Each node's outputs (labels, types) are the running host's; the one allowed difference between hosts.
+
+    The files are the same whichever ComfyUI builds them (test_workflows_build.py runs on each CI host),
+    so where a host's definition differs, the file must still load and run there: an output node nothing
+    reads from is written without outputs (ComfyUI 0.33's SaveImage has a pass-through IMAGE, 0.3.75's
+    none), and ``test_runs`` and the front-end test run and load it on this host.
+    """
+    for node in SHIPPED[name]["nodes"]:
+        info = object_info.get(node["type"])
+        if info is None:
+            continue  # notes: no definition
+        host = [[label, kind] for label, kind in zip(info["output_name"], info["output"], strict=True)]
+        written = [[out["name"], out["type"]] for out in node["outputs"]]
+        if written != host:
+            unused = info.get("output_node") and written == [] and not any(lk[1] == node["id"]
+                                                                           for lk in SHIPPED[name]["links"])
+            assert unused, f"{name}: node {node['id']} ({node['type']}) outputs {written} != the host's {host}"
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_released_defaults_and_stock_loaders(name, object_info):
     wf = SHIPPED[name]
     clip = widgets(the(wf, "DualCLIPLoader"), object_info)

@@ -102,14 +102,14 @@ def chromium_path() -> str | None:
     return None
 
 
-def frontend_root() -> Path | None:
-    """The static folder of the installed ``comfyui-frontend-package``, or None."""
-    try:
-        import comfyui_frontend_package
-    except ImportError:
-        return None
-    static = Path(comfyui_frontend_package.__file__).resolve().parent / "static"
-    return static if (static / "index.html").is_file() else None
+def frontend_root(comfy_root: Path | None = None) -> Path | None:
+    """The static folder of the ``comfyui-frontend-package`` the host pins (its requirements.txt), or None.
+
+    ``python -m aceplus_host bootstrap`` installs it when the environment has another version.
+    """
+    from aceplus_host import find_comfyui, find_frontend, host_frontend_version
+
+    return find_frontend(host_frontend_version(comfy_root or find_comfyui(bootstrap=False)))
 
 
 __all__ = ["VIRTUAL_TYPES", "RELEASED_FILES", "RELEASED_TO_FIXTURE", "active_nodes", "chromium_path", "copy_inputs",
