@@ -301,8 +301,8 @@ def test_release_parity_reproduces_the_official_canvas(pack, core, fill_model, f
                                            (fft_model, "fft", "pad", 3072, "release_fft")):
         pos, _, latent, bundle, canvas_img = run_conditioning(pack, model, vae, image=image, mask=mask, reference=ref,
                                                               parity=True)
-        want = core.build_canvas(core.to_bchw(image), core.mask_to_b1hw(mask), [core.to_bchw(ref)], policy="official",
-                                 reference_fit=fit, max_tokens=budget, crop_mode=crop)
+        spec = core.CanvasSpec(policy="official", reference_fit=fit, max_tokens=budget, crop_mode=crop)
+        want = core.build_canvas(core.to_bchw(image), core.mask_to_b1hw(mask), [core.to_bchw(ref)], spec)
         assert bundle.layout == want.layout, kind
         torch.testing.assert_close(core.to_bchw(canvas_img), want.image, rtol=0, atol=0)
         assert "noise_mask" not in latent  # the release samples the whole canvas

@@ -59,21 +59,58 @@ def entry_key(cfg: Config, s: Sample, variant: int) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def canvas_spec(cfg: Config, training: bool = True):
+    """The ``[canvas]`` config as the ``aceplus_core.CanvasSpec`` the nodes build from their widgets
+    (the repainting scale is chosen per sample: ``sample_task``)."""
+    from aceplus_core import CanvasSpec
+
+    c = cfg.canvas
+    jitter = tuple(c.reference_height_jitter) if (training and c.reference_height_jitter) else None
+    return CanvasSpec(policy=c.policy, max_tokens=c.max_tokens, target_tokens=c.target_tokens,
+                      reference_fit=c.reference_fit, keep_pixels_rate=c.keep_pixels_rate, aspect_mode=c.aspect_mode,
+                      max_aspect=c.max_aspect, reference_height_jitter=jitter)
+
+
+def sample_task(cfg: Config, s: Sample) -> tuple[str, float]:
+    """(task preset, repainting scale) of one sample.
+
+    The preset is ``canvas.presets[data_type]`` (default: repainting). The scale, as the release picks it
+    per sample: ``canvas.repainting_scales[data_type]`` if listed; else a local-edit preset's default,
+    the scale ACE++ Conditioning samples it with (0: the pasted guide stays visible); else 1.0 with a
+    reference; else ``canvas.repainting_scale`` (release 0.5).
+    """
+    from aceplus_core import DEFAULT_REPAINTING_SCALE
+
+    c = cfg.canvas
+    preset = c.presets.get(s.data_type, "repainting")
+    if s.data_type in c.repainting_scales:
+        return preset, float(c.repainting_scales[s.data_type])
+    if preset != "repainting":
+        return preset, DEFAULT_REPAINTING_SCALE[preset]
+    return preset, 1.0 if s.references else float(c.repainting_scale)
+
+
 def build_sample_canvas(cfg: Config, s: Sample, variant: int, training: bool = True):
-    """The canvas of one sample, exactly as the nodes build it (plus the release's height jitter)."""
-    from aceplus_core import build_canvas
+    """The canvas of one sample, built by ``aceplus_core.task_canvas`` exactly as ACE++ Conditioning builds
+    it (same spec, preset and scale), plus the release's reference-height jitter when training.
+
+    Control rows: the row's edit image is the control map, pasted inside the mask of the target image,
+    as the node pastes its ``control_image`` into the image being edited."""
+    from aceplus_core import task_canvas
 
     t = load_sample_tensors(s)
-    c = cfg.canvas
     gen = torch.Generator().manual_seed(int(hashlib.sha1(f"{cfg.run.seed}/{s.row}/{variant}".encode())
                                             .hexdigest()[:8], 16))
-    jitter = tuple(c.reference_height_jitter) if (training and c.reference_height_jitter) else None
-    size = None if t["edit"] is not None else tuple(t["target"].shape[-2:])
-    return t, build_canvas(
-        t["edit"], t["mask"], t["refs"], size=size, repainting_scale=c.repainting_scale,
-        reference_fit=c.reference_fit, policy=c.policy, max_tokens=c.max_tokens, target_tokens=c.target_tokens,
-        max_aspect=c.max_aspect, aspect_mode=c.aspect_mode, target_image=t["target"],
-        reference_height_jitter=jitter, generator=gen)
+    preset, scale = sample_task(cfg, s)
+    spec = canvas_spec(cfg, training).replace(repainting_scale=scale)
+    image, control = t["edit"], None
+    if preset == "control" and image is not None:
+        image, control = t["target"], t["edit"]
+    built = task_canvas(image, t["mask"], t["refs"], spec, preset, control_image=control, target_image=t["target"],
+                        generator=gen)
+    # what crop-back composites with: the image the canvas was built from and the mask it used
+    t["image"], t["mask"] = image, built.mask
+    return t, built.canvas
 
 
 class Encoders:
