@@ -113,6 +113,33 @@ def build_sample_canvas(cfg: Config, s: Sample, variant: int, training: bool = T
     return t, built.canvas
 
 
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn,
+              "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+
+def mmap_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """A safetensors file as tensors over a copy-on-write memory map (pages come from the page cache
+    on first use; nothing is read up front). Text-encoder files only: no weights are written back."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    buf = np.memmap(path, dtype=np.uint8, mode="c")
+    out = {}
+    for key, info in header.items():
+        if info["dtype"] not in _ST_DTYPES:
+            raise ConfigError(f"{path}: tensor {key} has dtype {info['dtype']}, which the trainer cannot read.")
+        a, b = info["data_offsets"]
+        raw = torch.from_numpy(buf[8 + n + a: 8 + n + b])
+        dtype = _ST_DTYPES[info["dtype"]]
+        if (8 + n + a) % dtype.itemsize:  # misaligned for a zero-copy view: copy this one tensor
+            raw = raw.clone()
+        out[key] = raw.view(dtype).reshape(info["shape"])
+    return out
+
+
 class Encoders:
     """VAE + text encoder, loaded through ComfyUI's loaders, only for the caching pass."""
 
@@ -135,8 +162,11 @@ class Encoders:
                     raise ConfigError(f"model.{key} {p!r} does not exist; set it to the {key} text encoder file "
                                       "(ComfyUI/models/text_encoders), or use model.text_encoder = "
                                       "'stub_test_only' for tests.")
-            self.clip = comfy.sd.load_clip(ckpt_paths=[cfg.model.clip_l, cfg.model.t5xxl],
-                                           clip_type=comfy.sd.CLIPType.FLUX)
+            # ComfyUI's own loader (what load_clip / DualCLIPLoader call after reading the files), fed
+            # memory-mapped tensors: the 4.8-9.5 GB T5 file is never copied into RAM before the load.
+            self.clip = comfy.sd.load_text_encoder_state_dicts(
+                [mmap_safetensors(cfg.model.clip_l), mmap_safetensors(cfg.model.t5xxl)],
+                clip_type=comfy.sd.CLIPType.FLUX)
         else:
             log.warning("model.text_encoder = 'stub_test_only': prompts become seeded random embeddings. "
                         "TEST ONLY: a model trained like this ignores its prompts.")
