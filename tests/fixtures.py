@@ -84,7 +84,7 @@ def ensure_fixtures() -> dict[str, Path]:
 
 # Real-size text encoders (random weights) for the trainer's ``model.text_encoder = "comfy"`` test; not
 # part of ensure_fixtures(): the T5-XXL file is 4.8 GB, built only when that test runs.
-TEXT_ENCODER_VERSION = 1
+TEXT_ENCODER_VERSION = 2  # v2: T5 drawn as fp8 bit patterns (4x faster to build)
 
 
 def ensure_text_encoders() -> dict[str, Path]:
