@@ -18,7 +18,6 @@ from PIL import Image
 
 from . import cache as cache_mod
 from .config import Config
-from .data import load_sample_tensors
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +64,13 @@ def render_samples(model, cfg: Config, samples, paths: dict, step: int, accelera
             continue
         # the cached entry (variant 0) is self-consistent: its condition latent, mask and layout belong to
         # one canvas; with reference_height_jitter that canvas differs from an un-jittered rebuild
-        t = load_sample_tensors(samples[i])
+        t, _ = cache_mod.build_sample_canvas(cfg, samples[i], 0, training=False)  # the image + mask it was built from
         entry, layout = cache_mod.load_entry(paths[(i, 0)])
         lat = euler_sample(model, entry["cond"][None], entry["mask"][None], entry["ctx"][None], entry["pooled"][None],
                            layout.tokens, cfg.sample.steps, cfg.sample.guidance, cfg.run.seed, device)
         decoded = vae.decode(denormalize_latent(lat.cpu())).float()  # B, H, W, 3
         decoded = to_bchw(decoded.reshape(-1, *decoded.shape[-3:])).clamp(0, 1)
-        original = t["edit"]
+        original = t["image"]  # the edit image (the target for control rows), None for reference generation
         img = crop_back(decoded, layout, original, t["mask"] if original is not None else None)
         arr = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         path = out_dir / f"step{step:08d}_sample{i}.png"
