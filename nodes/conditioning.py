@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 NO_PREPROCESS = ("repainting", "no_preprocess")  # presets that leave the image as it is
 PRESET_SCALE = -1.0  # repainting_scale widget value meaning "the task preset's default"
-# Release parity: the released ComfyUI processors' budgets (LoRA processor widget 3072 x 2, FFT
-# processor 3072), reference fit and crop.
-PARITY = {"fill": dict(max_tokens=6144, reference_fit="resize", crop_mode="release"),
-          "fft": dict(max_tokens=3072, reference_fit="pad", crop_mode="release_fft")}
+# Release parity: the released ComfyUI processors' reference fit and crop. The budget is ``max_tokens``
+# as the released processors count it: the LoRA processor spends 2 x its max_seq_length widget (default
+# 3072 -> 6144 tokens), the FFT processor its max_seq_length (3072); the converter writes those values.
+PARITY = {"fill": dict(reference_fit="resize", crop_mode="release"),
+          "fft": dict(reference_fit="pad", crop_mode="release_fft")}
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def make_canvas(edit_image: Optional[torch.Tensor], mask: Optional[torch.Tensor]
     scale = 1.0 if scale < 0 else scale
     budget = dict(max_tokens=s.max_tokens, reference_fit=s.reference_fit, policy=s.policy, crop_mode="target")
     if s.release_parity:
-        budget = dict(PARITY[kind], policy="official")
+        budget = dict(PARITY[kind], policy="official", max_tokens=s.max_tokens)
     canvas = build_canvas(prepared, mask_b1hw, references, size=None if image is not None else (s.height, s.width),
                           repainting_scale=float(scale), target_tokens=s.target_tokens, aspect_mode=s.aspect_mode,
                           **budget)
@@ -192,9 +193,10 @@ class Conditioning(io.ComfyNode):
                                  tooltip="Keep the reference area at the encoded references while sampling (noise "
                                          "mask), instead of letting the model redraw it."),
                 io.Boolean.Input("release_parity", default=False,
-                                 tooltip="Reproduce the released ACE++ canvas exactly: official budget (6144 tokens "
-                                         "Fill, 3072 FFT), resize (Fill) / pad (FFT) fit and the release crop (output "
-                                         "smaller than the input). Overrides fit/policy/max_tokens."),
+                                 tooltip="Reproduce the released ACE++ canvas exactly: one budget of max_tokens for "
+                                         "the whole canvas (the release's defaults: 6144 Fill, 3072 FFT), resize "
+                                         "(Fill) / pad (FFT) fit and the release crop (output smaller than the "
+                                         "input). Overrides fit and policy."),
             ],
             outputs=[
                 io.Conditioning.Output("positive_out", display_name="positive", tooltip="Positive conditioning with the canvas attached."),
