@@ -19,5 +19,11 @@ if importlib.util.find_spec("comfy_api") is not None:  # inside ComfyUI
             "ComfyUI 0.3.75 or later). Please update ComfyUI."
         )
     from .nodes import comfy_entrypoint  # noqa: F401
+    from .nodes.routes import register_routes
 
-    __all__ = ["comfy_entrypoint"]
+    # The front-end extension (web/js): "Convert to ACE++ (this pack)" for released ACE++ graphs,
+    # served by ComfyUI as /extensions/<pack>/js/...; it calls the route registered here.
+    WEB_DIRECTORY = "./web"
+    register_routes()
+
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]
