@@ -107,17 +107,25 @@ def start_latent(vae, canvas: Canvas, condition: torch.Tensor, hold_references: 
     """The LATENT to sample from.
 
     Without held references: zeros of the canvas latent size (sampling starts from pure noise).
-    With them: the un-blanked canvas encoded, and a ``noise_mask`` (latent size) that is 0 over the
+    With them: the encoded canvas, and a ``noise_mask`` (latent size) that is 0 over the
     reference cells, so the sampler keeps those latents at ``sigma eps + (1 - sigma) z_ref`` each
     step (ComfyUI's inpaint blend): the model sees the true noised reference, as in training.
     ``concat_mask`` is set explicitly, so this noise mask never reaches the model as its mask.
+
+    No second VAE encode: only the held (reference) cells of this latent matter at full denoise,
+    and there the pixels are the condition's own. Fill: the condition IS ``encode(canvas.image)``.
+    FFT: its edit latent ``encode(canvas * (1 - mask))`` sees the same pixels over the references
+    (mask 0 there); only the modify latent differs. A canvas with a separate ``target`` (training
+    ground truth) is still encoded, since its pixels differ.
     """
     b, _, h, w = condition.shape
     layout = canvas.layout
     if not hold_references or not layout.reference_boxes:
         return {"samples": torch.zeros((b, 16, h, w), dtype=torch.float32)}
-    source = canvas.target if canvas.target is not None else canvas.image
-    samples = compat.vae_encode(vae, to_bhwc(source))
+    if canvas.target is not None:
+        samples = compat.vae_encode(vae, to_bhwc(canvas.target))
+    else:
+        samples = condition[:, :16].clone()  # a copy: the LATENT and the conditioning never share a tensor
     hold = torch.ones((1, 1, h, w), dtype=torch.float32)  # 1 = sample, 0 = keep
     for box in layout.reference_boxes:
         rows, cols = box.scaled(8).slices()
