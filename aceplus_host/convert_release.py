@@ -290,10 +290,12 @@ def _through(ed: Editor, origin: tuple[int, int] | None, kind: str) -> tuple[tup
     return origin, None
 
 
-def _note_pos(ed: Editor) -> tuple[float, float]:
+def _note_pos(ed: Editor, height: float) -> tuple[float, float]:
+    """Above the top-left node, clear of the graph (and of its groups' title bars)."""
     xs = [n["pos"][0] for n in ed.wf["nodes"] if isinstance(n.get("pos"), (list, tuple))]
     ys = [n["pos"][1] for n in ed.wf["nodes"] if isinstance(n.get("pos"), (list, tuple))]
-    return (min(xs, default=0), min(ys, default=0) - 320)
+    ys += [g["bounding"][1] for g in ed.wf.get("groups") or [] if len(g.get("bounding") or ()) == 4]
+    return (min(xs, default=0), min(ys, default=0) - height - 60)
 
 
 def _standard_sampler(ed: Editor, cond: dict, crops: list[dict]) -> dict | None:
@@ -536,7 +538,6 @@ def convert(workflow: dict, schemas: dict | None = None) -> Result:
     ed = Editor(copy.deepcopy(workflow), schemas or load_emitted_nodes())
     changes: list[str] = []
     notes: list[str] = []
-    note_at = _note_pos(ed)
     conds = [n for n in ed.wf["nodes"] if n["type"] in CONDITIONINGS]
     for cond in conds:
         _convert_pair(ed, cond, changes, notes)
@@ -547,8 +548,9 @@ def convert(workflow: dict, schemas: dict | None = None) -> Result:
                               "ACEPlusConditioning; connect it as the released workflows do, then convert again")
     _convert_mask_previews(ed, changes)
     extra = "".join(f"\n\n{n}" for n in notes)
-    ed.note(NOTE_TEXT.format(changes="\n".join(f"- {c}" for c in changes), extra=extra), note_at,
-            size=(620, 420 + 60 * len(notes)))
+    height = 420 + 60 * len(notes)
+    ed.note(NOTE_TEXT.format(changes="\n".join(f"- {c}" for c in changes), extra=extra), _note_pos(ed, height),
+            size=(620, height))
     for order, node in enumerate(sorted(ed.wf["nodes"], key=lambda n: int(n["id"]))):
         node["order"] = order
     ed.wf["nodes"] = sorted(ed.wf["nodes"], key=lambda n: int(n["id"]))

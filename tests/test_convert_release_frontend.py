@@ -25,6 +25,7 @@ pytestmark = pytest.mark.server
 
 RELEASED = released_workflows()
 LABEL = "Convert to ACE++ (this pack)"
+SCREENSHOT_OF = "ACE_Plus_LoRA_workflow_reference_editing"  # the README gallery's converted graph
 GRAPH_STATE = ("() => { const g = app.graph.serialize(); return {types: g.nodes.map(n => [n.id, n.type]), "
                "links: g.links.map(l => Array.isArray(l) ? l.slice(0, 5) : [l.id, l.origin_id, l.origin_slot, "
                "l.target_id, l.target_slot]), widgets: Object.fromEntries(g.nodes.map(n => [n.id, n.widgets_values ?? "
@@ -84,8 +85,30 @@ def test_opening_a_released_graph_offers_the_conversion_and_it_matches_the_cli(n
     page.wait_for_timeout(400)
     assert page.locator("#acepp-convert-release-bar").count() == 0
     _check_converted(page, name, inputs.object_info())
+    if name == SCREENSHOT_OF:
+        _screenshot(page, "converted_release_reference_editing")
     errors = page.console.take()
     assert errors == [], errors
+
+
+def _screenshot(page, stem: str) -> None:  # noqa: F811
+    """The README gallery's picture of a converted graph (docs/images/workflows only with ACEPP_UPDATE_SCREENSHOTS=1)."""
+    import os
+
+    from aceplus_host import cache_dir
+    from test_workflows_frontend import _save_screenshot
+    from workflow_tools import SCREENSHOTS
+
+    page.evaluate("() => { const c = app.canvas; const b = app.graph._nodes.reduce((a, n) => [Math.min(a[0], n.pos[0]),"
+                  " Math.min(a[1], n.pos[1] - 40), Math.max(a[2], n.pos[0] + n.size[0]), Math.max(a[3], n.pos[1] +"
+                  " n.size[1])], [1e9, 1e9, -1e9, -1e9]); c.ds.fitToBounds([b[0], b[1], b[2] - b[0], b[3] - b[1]]);"
+                  " c.setDirty(true, true); }")
+    page.wait_for_timeout(400)
+    page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = 'hidden')")
+    png = page.locator("#graph-canvas-container").screenshot()
+    page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = '')")
+    folder = SCREENSHOTS if os.environ.get("ACEPP_UPDATE_SCREENSHOTS") == "1" else cache_dir() / "screenshots"
+    _save_screenshot(png, folder / f"{stem}.png")
 
 
 def test_the_command_converts_the_open_graph(page, inputs):  # noqa: F811
