@@ -8,10 +8,10 @@ server with the tiny stand-in models: as converted (``release_parity`` on: the r
 size, computed here from the released processors' formula) and with the Note's switch to the
 full-resolution defaults (the edit image's exact size, every pixel outside the mask unchanged).
 
-CPU budget as in test_workflows_shipped: 1 step, 128x128 for generation from scratch. Two test-only
-edits of a converted graph, both what a user does: the contour workflows get a control image
-(LoadImage) in their empty ``control_image`` input, and Redux's StyleModelApply is bypassed (no tiny
-stand-ins for the FLUX Redux model and the SigCLIP vision encoder yet).
+CPU budget as in test_workflows_shipped: 1 step, 128x128 for generation from scratch. One test-only
+edit of a converted graph, what the Note asks the user to do: the contour workflows get a control
+image (LoadImage) in their empty ``control_image`` input. The Redux graphs run with the tiny Redux and
+SigCLIP stand-ins (tests/fixtures.py).
 """
 
 from __future__ import annotations
@@ -316,8 +316,6 @@ def _runnable(name: str, object_info: dict, parity: bool) -> tuple[dict, dict]:
         ed = Editor(wf, object_info)
         load = ed.add("LoadImage", (cond["pos"][0] - 400, cond["pos"][1] + 600), (315, 320), {"image": CONTROL_FILE})
         ed.connect((load["id"], 0), cond["id"], "control_image")
-    for node in _by_type(wf, "StyleModelApply"):
-        node["mode"] = 4  # no tiny Redux / SigCLIP stand-ins: the text conditioning passes through
     wf = as_loaded(wf, object_info)
     prompt = for_tiny_models(wf, object_info)
     from aceplus_host.workflows import replace_values
