@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Tuple
 logger = logging.getLogger(__name__)
 
 PATCH = 16           # canvas pixels per token side
-PAD_KEEP_RATE = 0.8  # release "keep_pixels_rate": pad-fit references are at most 0.8 x height
+PAD_KEEP_RATE = 0.8  # release "keep_pixels_rate" default: pad-fit references are at most 0.8 x height
 
 
 def floor16(v: float) -> int:
@@ -69,13 +69,25 @@ class OfficialPlan:
     release_slice_w: int                       # int(slice_w_full * scale) // 16 * 16
 
 
+def pad_height(ref_h: int, height: int, keep_pixels_rate: float) -> int:
+    """The pad fit's content height (the released FFT processor, rate r = ``keep_pixels_rate``):
+    ``int(height * r)`` when ``ref_h >= r * height``, else ``ref_h`` (never upscaled).
+
+    At least 1 px: with r = 0 the release asks for a 0-px reference and crashes.
+    """
+    if ref_h >= keep_pixels_rate * height:
+        return max(1, int(height * keep_pixels_rate))
+    return ref_h
+
+
 def official_reference_size(ref_hw: Tuple[int, int], edit_h: int, fit: str,
-                            content_h: Optional[int] = None) -> Tuple[int, int]:
+                            content_h: Optional[int] = None,
+                            keep_pixels_rate: float = PAD_KEEP_RATE) -> Tuple[int, int]:
     """The release's reference fit at the edit height (before the budget).
 
     resize: ``h = edit_h``, ``w = int(ref_w * (edit_h / ref_h))``.
-    pad:    if ``ref_h >= 0.8 * edit_h``: ``h = int(edit_h * 0.8)``, ``w = int(ref_w * (h / ref_h))``;
-            otherwise the reference keeps its size (never upscaled); then padded to ``edit_h``.
+    pad:    ``h = pad_height(ref_h, edit_h, r)``, ``w = int(ref_w * (h / ref_h))`` (unchanged when the
+            reference is shorter than ``r * edit_h``); then padded to ``edit_h``.
     ``content_h`` (training jitter) forces the content height, as the release's dataset does.
     """
     rh, rw = ref_hw
@@ -84,17 +96,19 @@ def official_reference_size(ref_hw: Tuple[int, int], edit_h: int, fit: str,
         return h, max(1, int(rw * (h / rh)))
     if fit == "resize":
         return edit_h, max(1, int(rw * (edit_h / rh)))
-    if rh >= PAD_KEEP_RATE * edit_h:
-        h = int(edit_h * PAD_KEEP_RATE)
-        return h, max(1, int(rw * (h / rh)))
-    return rh, rw
+    h = pad_height(rh, edit_h, keep_pixels_rate)
+    if h == rh:
+        return rh, rw
+    return h, max(1, int(rw * (h / rh)))
 
 
 def plan_official(edit_hw: Tuple[int, int], ref_hws: Sequence[Tuple[int, int]], *, fit: str,
-                  max_tokens: int, content_heights: Optional[Sequence[int]] = None) -> OfficialPlan:
+                  max_tokens: int, content_heights: Optional[Sequence[int]] = None,
+                  keep_pixels_rate: float = PAD_KEEP_RATE) -> OfficialPlan:
     eh, ew = edit_hw
     sizes = tuple(
-        official_reference_size(hw, eh, fit, None if content_heights is None else content_heights[i])
+        official_reference_size(hw, eh, fit, None if content_heights is None else content_heights[i],
+                                keep_pixels_rate)
         for i, hw in enumerate(ref_hws)
     )
     tops = tuple((eh - h) // 2 for h, _ in sizes)  # release: T.Pad top = delta_h // 2
@@ -154,15 +168,15 @@ def plan_target_size(edit_hw: Tuple[int, int], n_refs: int, *, max_tokens: int,
 
 
 def _ideal_reference(ref_hw: Tuple[int, int], canvas_h: int, fit: str,
-                     content_h: Optional[int]) -> Tuple[float, float]:
+                     content_h: Optional[int], keep_pixels_rate: float) -> Tuple[float, float]:
     """Fitted content size (h, w) at the canvas height, before the width budget (float w)."""
     rh, rw = ref_hw
     if content_h is not None:
         h = float(content_h)
     elif fit == "resize":
         h = float(canvas_h)
-    else:  # pad: shrink only references taller than 0.8 x height; never upscale
-        h = float(int(canvas_h * PAD_KEEP_RATE)) if rh >= PAD_KEEP_RATE * canvas_h else float(rh)
+    else:  # pad: shrink only references taller than keep_pixels_rate x height; never upscale
+        h = float(pad_height(rh, canvas_h, keep_pixels_rate))
     return h, rw * h / rh
 
 
@@ -184,16 +198,16 @@ def _cells(ideal: Sequence[Tuple[float, float]], f: float, canvas_h: int,
 
 
 def plan_reference_cells(ref_hws: Sequence[Tuple[int, int]], canvas_h: int, width_budget: int, *,
-                         fit: str, content_heights: Optional[Sequence[int]] = None
-                         ) -> Tuple[RefCell, ...]:
+                         fit: str, content_heights: Optional[Sequence[int]] = None,
+                         keep_pixels_rate: float = PAD_KEEP_RATE) -> Tuple[RefCell, ...]:
     """Fit each reference to ``canvas_h`` and shrink all by one factor to fit ``width_budget`` px.
 
     Shrunk references keep full-height cells (padded grey) so the canvas stays one row.
     """
     if not ref_hws:
         return ()
-    ideal = [_ideal_reference(hw, canvas_h, fit, None if content_heights is None else content_heights[i])
-             for i, hw in enumerate(ref_hws)]
+    ideal = [_ideal_reference(hw, canvas_h, fit, None if content_heights is None else content_heights[i],
+                              keep_pixels_rate) for i, hw in enumerate(ref_hws)]
     # A resize-fit reference fills its cell (stretched <= 8 px) unless the budget shrinks it.
     stretch = [fit == "resize" and content_heights is None] * len(ideal)
     cells = _cells(ideal, 1.0, canvas_h, stretch)

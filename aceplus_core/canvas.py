@@ -7,21 +7,20 @@ is trained is exactly what is sampled.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .layout import CROP_MODES, POLICIES, Box, CanvasLayout
+from .layout import Box, CanvasLayout
+from .presets import DEFAULT_REPAINTING_SCALE, apply_preset
+from .spec import ASPECT_MODES, DEFAULT_SIZE, REFERENCE_FITS, CanvasSpec  # noqa: F401 (re-exported)
 from .stitch import stitch_official, stitch_target_first
 from .tensors import (binarize_mask, broadcast_batch, center_crop_box, check_image, check_mask)
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_FITS = ("resize", "pad")
-ASPECT_MODES = ("error", "crop")
-DEFAULT_SIZE = (1024, 1024)
+NO_PREPROCESS = ("repainting", "no_preprocess")  # presets that leave the image as it is
 
 
 @dataclass(frozen=True)
@@ -63,34 +62,6 @@ def _check_size(size: object) -> Tuple[int, int]:
     return int(size[0]), int(size[1])  # type: ignore[index]
 
 
-def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; use one of {choices}.")
-
-
-def _check_options(policy: str, reference_fit: str, aspect_mode: str, crop_mode: str, max_tokens: int,
-                   target_tokens: int, repainting_scale: float, max_aspect: float,
-                   reference_height_jitter: Optional[Tuple[float, float]]) -> None:
-    _check_choice("policy", policy, POLICIES)
-    _check_choice("reference_fit", reference_fit, REFERENCE_FITS)
-    _check_choice("aspect_mode", aspect_mode, ASPECT_MODES)
-    _check_choice("crop_mode", crop_mode, CROP_MODES)
-    for name, v in (("max_tokens", max_tokens), ("target_tokens", target_tokens)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-    if not (isinstance(repainting_scale, (int, float)) and 0.0 <= float(repainting_scale) <= 1.0):
-        raise ValueError(f"repainting_scale must be in [0, 1], got {repainting_scale!r}.")
-    if not (isinstance(max_aspect, (int, float)) and max_aspect >= 1.0 and math.isfinite(max_aspect)):
-        raise ValueError(f"max_aspect must be a finite number >= 1, got {max_aspect!r}.")
-    if reference_height_jitter is not None:
-        lo, hi = reference_height_jitter
-        if not (0.0 < lo <= hi <= 1.0):
-            raise ValueError(
-                f"reference_height_jitter must satisfy 0 < lo <= hi <= 1, got {reference_height_jitter!r}; "
-                "the release uses (1/3, 1)."
-            )
-
-
 def _aspect(image_hw: Tuple[int, int], what: str, max_aspect: float, aspect_mode: str
             ) -> Optional[Tuple[int, int, int, int]]:
     """None when within ``max_aspect``; the crop (top, left, h, w) in crop mode; else ValueError."""
@@ -116,45 +87,30 @@ def build_canvas(
     edit_image: Optional[torch.Tensor],
     edit_mask: Optional[torch.Tensor],
     references: Sequence[torch.Tensor] = (),
+    spec: CanvasSpec = CanvasSpec(),
     *,
-    size: Optional[Tuple[int, int]] = None,
-    repainting_scale: float = 1.0,
-    reference_fit: str = "pad",
-    policy: str = "target_first",
-    max_tokens: int = 8192,
-    target_tokens: int = 4096,
-    max_aspect: float = 4.0,
-    aspect_mode: str = "error",
     target_image: Optional[torch.Tensor] = None,
-    crop_mode: str = "target",
-    reference_height_jitter: Optional[Tuple[float, float]] = None,
     generator: Optional[torch.Generator] = None,
     require_reference: bool = False,
     with_target: Optional[bool] = None,
 ) -> Canvas:
-    """Stitch references (left, in order) and the edit image (right) into one canvas.
+    """Stitch references (left, in order) and the edit image (right) into one canvas, as ``spec`` says.
 
     edit_image: B, 3, H, W in [0, 1], or None for pure reference generation (mid-grey image of
-        ``size``, default 1024x1024, fully masked).
+        ``spec.size``, default the target image's size or 1024x1024, fully masked).
     edit_mask: B|1, 1, H, W (None: edit everything). Binarised at > 0.5; an all-zero mask means
         "edit everything" (release behaviour).
     references: each 1|B, 3, h, w, any size; 0..N of them.
-    policy: "target_first" (the target keeps its resolution up to ``target_tokens``; references
-        share the rest of ``max_tokens``) or "official" (release parity: one scale for the whole
-        canvas, ``max_tokens`` over everything).
-    reference_fit: "resize" (to the canvas height) or "pad" (at most 0.8 x height, never
-        upscaled, padded grey and centred).
-    aspect_mode: "error" or "crop" (centre-crop image, mask and target together to ``max_aspect``;
-        recorded in ``layout.source_crop``).
+    spec: policy, budget, reference fit and keep_pixels_rate, aspect handling, crop mode, training
+        height jitter (drawn from ``generator``), repainting scale and size (see ``CanvasSpec``).
     target_image: training ground truth (same size as edit_image) for ``Canvas.target``.
-    reference_height_jitter: training augmentation: each reference's content height is drawn
-        uniformly in ``[lo * H, hi * H]`` and padded to H (the release uses (1/3, 1)).
     require_reference: raise a ValueError when ``references`` is empty.
     with_target: build ``Canvas.target`` (the un-blanked canvas, the trainer's x0). Default (None):
         only when ``target_image`` is given, since inference does not need it (saves a canvas copy).
     """
-    _check_options(policy, reference_fit, aspect_mode, crop_mode, max_tokens, target_tokens,
-                   repainting_scale, max_aspect, reference_height_jitter)
+    if not isinstance(spec, CanvasSpec):
+        raise TypeError(f"spec must be an aceplus_core.CanvasSpec, got {type(spec).__name__}.")
+    size, max_aspect, aspect_mode = spec.size, spec.max_aspect, spec.aspect_mode
 
     # ---- images
     if edit_image is not None:
@@ -186,7 +142,7 @@ def build_canvas(
 
     # ---- mask (binarised on the ORIGINAL image, the same rule crop_back applies)
     if edit_mask is None or edit is None:
-        if edit is None and edit_mask is not None:
+        if edit is None and edit_mask is not None and not bool((edit_mask > 0.5).all()):
             logger.warning("edit_mask is ignored without an edit image: reference generation masks everything.")
         mask = torch.ones((1, 1, *orig_hw), device=(edit if edit is not None else refs[0] if refs else
                                                     torch.empty(0)).device)
@@ -213,18 +169,60 @@ def build_canvas(
 
     if with_target is None:
         with_target = tgt is not None
-    common = dict(edit_hw=edit_hw, batch=batch, repainting_scale=float(repainting_scale),
-                  reference_fit=reference_fit, max_tokens=max_tokens, target_image=tgt,
-                  with_target=with_target, jitter=reference_height_jitter, generator=generator)
-    if policy == "official":
-        st = stitch_official(edit, mask, refs, **common)
+    common = dict(edit_hw=edit_hw, batch=batch, target_image=tgt, with_target=with_target, generator=generator)
+    if spec.policy == "official":
+        st = stitch_official(edit, mask, refs, spec, **common)
     else:
-        st = stitch_target_first(edit, mask, refs, target_tokens=target_tokens, **common)
+        st = stitch_target_first(edit, mask, refs, spec, **common)
 
     layout = CanvasLayout(
         canvas_h=int(st.image.shape[2]), canvas_w=int(st.image.shape[3]), target_box=st.target_box,
         reference_boxes=st.reference_boxes, reference_content_boxes=st.reference_content_boxes,
-        original_h=orig_hw[0], original_w=orig_hw[1], source_crop=source_crop, policy=policy,
-        crop_mode=crop_mode, release_slice_w=st.release_slice_w,
+        original_h=orig_hw[0], original_w=orig_hw[1], source_crop=source_crop, policy=spec.policy,
+        crop_mode=spec.crop_mode, release_slice_w=st.release_slice_w,
     )
     return Canvas(st.image, st.mask, st.target, layout)
+
+
+@dataclass(frozen=True)
+class TaskCanvas:
+    canvas: Canvas
+    mask: Optional[torch.Tensor]  # B|1, 1, H, W: the edit mask used (None = edit everything)
+    repainting_scale: float       # the scale the canvas was blanked with
+
+
+def task_canvas(edit_image: Optional[torch.Tensor], edit_mask: Optional[torch.Tensor],
+                references: Sequence[torch.Tensor], spec: CanvasSpec, task: str = "repainting", *,
+                control_image: Optional[torch.Tensor] = None, target_image: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None, with_target: Optional[bool] = None) -> TaskCanvas:
+    """The canvas of one task, the one function the ACE++ Conditioning node and the trainer's
+    caching pass both call: the task preset pasted inside the mask (``apply_preset``), then
+    ``build_canvas`` with ``spec``.
+
+    ``spec.repainting_scale`` None = the preset's default (repainting 1, every other preset 0).
+    A mask with no pixel above 0.5 means "edit everything" (the release rule; LoadImage gives a
+    64x64 zero mask for an image without alpha), whatever its size.
+    """
+    image = None if edit_image is None else check_image(edit_image, "edit_image")
+    mask = None if edit_mask is None else check_mask(edit_mask, "edit_mask")
+    if mask is not None and not bool((mask > 0.5).any()):
+        logger.info("ACE++: the mask is empty (%s); editing the whole image.", tuple(mask.shape[-2:]))
+        mask = None
+    if image is not None and mask is not None and tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
+        raise ValueError(
+            f"The mask is {tuple(mask.shape[-2:])} (H, W) but the edit image is "
+            f"{tuple(image.shape[-2:])}; they must be the same size. Paint the mask on this image, or "
+            "resize the mask (e.g. with an image-resize node on a mask converted to an image)."
+        )
+    if task not in DEFAULT_REPAINTING_SCALE:
+        raise ValueError(f"Unknown task preset {task!r}; use one of {tuple(DEFAULT_REPAINTING_SCALE)}.")
+    prepared = image
+    if image is not None and task not in NO_PREPROCESS:  # nothing to paste: skip the full-size mask pass
+        prepared, _ = apply_preset(image, mask, task, control_image=control_image)
+    elif image is None and task != "repainting":
+        logger.warning("ACE++: task %r needs an edit image; without one the canvas is generated from scratch.",
+                       task)
+    scale = DEFAULT_REPAINTING_SCALE[task] if spec.repainting_scale is None else float(spec.repainting_scale)
+    canvas = build_canvas(prepared, mask, references, spec.replace(repainting_scale=scale),
+                          target_image=target_image, generator=generator, with_target=with_target)
+    return TaskCanvas(canvas, mask, scale)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .budget import (PATCH, plan_official, plan_reference_cells, plan_target_size)
 from .layout import Box
+from .spec import CanvasSpec
 from .tensors import MID_GREY, resize_image, resize_mask
 
 
@@ -61,17 +62,17 @@ def _jitter_heights(n: int, canvas_h: int, jitter: Optional[Tuple[float, float]]
 
 
 def stitch_target_first(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequence[torch.Tensor],
-                        *, edit_hw: Tuple[int, int], batch: int, repainting_scale: float,
-                        reference_fit: str, max_tokens: int, target_tokens: int,
+                        spec: CanvasSpec, *, edit_hw: Tuple[int, int], batch: int,
                         target_image: Optional[torch.Tensor], with_target: bool,
-                        jitter: Optional[Tuple[float, float]],
                         generator: Optional[torch.Generator]) -> Stitched:
+    max_tokens, target_tokens, jitter = spec.max_tokens, spec.target_tokens, spec.reference_height_jitter
     th, tw = plan_target_size(edit_hw, len(refs), max_tokens=max_tokens, target_tokens=target_tokens)
     max_cols = max_tokens // (th // PATCH)            # 16-px columns the budget allows at this height
     width_budget = (max_cols - tw // PATCH) * PATCH   # pixels left for the reference strip
     heights = _jitter_heights(len(refs), th, jitter, generator)
     cells = plan_reference_cells([tuple(r.shape[-2:]) for r in refs], th, width_budget,
-                                 fit=reference_fit, content_heights=heights)
+                                 fit=spec.reference_fit, content_heights=heights,
+                                 keep_pixels_rate=spec.keep_pixels_rate)
     strip_w = sum(c.cell_w for c in cells)
     canvas_w = strip_w + tw
 
@@ -107,7 +108,7 @@ def stitch_target_first(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: 
     if with_target:
         target = assemble(region if target_image is None else resize_image(target_image, (th, tw), "area"))
     image = assemble(region)
-    blank_(image[:, :, :, strip_w:], m, repainting_scale)
+    blank_(image[:, :, :, strip_w:], m, spec.scale)
     canvas_mask = torch.zeros((batch, 1, th, canvas_w), device=device)          # B, 1, H, W
     canvas_mask[:, :, :, strip_w:] = m
     return Stitched(image, canvas_mask, target, Box(strip_w, 0, tw, th), tuple(ref_boxes),
@@ -126,9 +127,8 @@ def _nearest_source_index(n_in: int, n_out: int, device: torch.device) -> torch.
 
 
 def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequence[torch.Tensor],
-                    *, edit_hw: Tuple[int, int], batch: int, repainting_scale: float,
-                    reference_fit: str, max_tokens: int, target_image: Optional[torch.Tensor],
-                    with_target: bool, jitter: Optional[Tuple[float, float]],
+                    spec: CanvasSpec, *, edit_hw: Tuple[int, int], batch: int,
+                    target_image: Optional[torch.Tensor], with_target: bool,
                     generator: Optional[torch.Generator]) -> Stitched:
     """Release parity: stitch at the edit resolution, then nearest-exact resize the whole canvas.
 
@@ -142,9 +142,10 @@ def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequ
     real boundary by up to 15 px.
     """
     eh, ew = edit_hw
-    heights = _jitter_heights(len(refs), eh, jitter, generator)
-    plan = plan_official(edit_hw, [tuple(r.shape[-2:]) for r in refs], fit=reference_fit,
-                         max_tokens=max_tokens, content_heights=heights)
+    heights = _jitter_heights(len(refs), eh, spec.reference_height_jitter, generator)
+    plan = plan_official(edit_hw, [tuple(r.shape[-2:]) for r in refs], fit=spec.reference_fit,
+                         max_tokens=spec.max_tokens, content_heights=heights,
+                         keep_pixels_rate=spec.keep_pixels_rate)
     device = mask.device
     H, W = plan.canvas_h, plan.canvas_w
     S = plan.slice_w_full
@@ -193,6 +194,6 @@ def stitch_official(edit: Optional[torch.Tensor], mask: torch.Tensor, refs: Sequ
     if with_target:
         target = assemble(edit if target_image is None else target_image)
     image = assemble(edit)
-    blank_(image[:, :, :, xs:], canvas_mask[:, :, :, xs:], repainting_scale)
+    blank_(image[:, :, :, xs:], canvas_mask[:, :, :, xs:], spec.scale)
     return Stitched(image, canvas_mask, target, Box(xs, 0, W - xs, H), tuple(ref_boxes),
                     tuple(content_boxes), plan.release_slice_w)

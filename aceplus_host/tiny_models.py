@@ -6,6 +6,10 @@
   [3072, 64] (plain FLUX.1-dev).
 * A TAESD-layout 16-channel VAE with FLUX's latent scale/shift (~2.5 M parameters).
 * LoRAs with the exact key names, shapes and alpha of the released ACE++ LoRAs.
+* FLUX's text encoders at their real sizes, as ComfyUI's ``DualCLIPLoader`` takes them: CLIP-L
+  (123 M, fp16) and T5-XXL (4.76 B, float8_e4m3fn storage, 4.8 GB, written tensor by tensor so the
+  build never holds the model in RAM). ComfyUI's T5 loader fixes the T5-XXL config, so no smaller
+  T5 loads unchanged.
 
 Nothing here downloads anything. Needs ComfyUI importable (``aceplus_host.import_comfy()``).
 """
@@ -155,18 +159,107 @@ def tiny_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in sd.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Streamed:
+    """A safetensors file too big to hold in RAM: ``shapes`` {key: (shape, dtype)} in file order, and
+    ``make(key)`` draws one tensor at a time while the file is written."""
+
+    shapes: dict
+    make: object  # Callable[[str], torch.Tensor]
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float8_e4m3fn: "F8_E4M3"}
+
+
+def write_streamed(st: Streamed, path: Path, metadata: Optional[dict] = None) -> None:
+    """The safetensors format written by hand: 8-byte header length, JSON header, raw tensors."""
+    header, offset = {}, 0
+    for key, (shape, dtype) in st.shapes.items():
+        n = dtype.itemsize
+        for d in shape:
+            n *= d
+        header[key] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for key, (shape, dtype) in st.shapes.items():
+            t = st.make(key)
+            if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                raise ValueError(f"{key}: built {tuple(t.shape)} {t.dtype}, declared {tuple(shape)} {dtype}")
+            f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
+            del t
+
+
+def _te_shapes(module: torch.nn.Module, dtype: torch.dtype) -> dict:
+    """{key: (shape, dtype)} of a ComfyUI text encoder built on the meta device, without the
+    ``transformer.`` prefix and ``logit_scale`` (the layout of the usual encoder files)."""
+    return {k[len("transformer."):]: (tuple(v.shape), dtype) for k, v in module.state_dict().items()
+            if k.startswith("transformer.")}
+
+
+def clip_l_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """CLIP-L text encoder (``clip_l.safetensors`` layout), random, fp16: keys and shapes read off
+    ComfyUI's ``SDClipModel``; linear weights ~ N(0, 1/fan_in), norms 1, embeddings N(0, 0.02)."""
+    import comfy.sd1_clip
+
+    with torch.device("meta"):
+        shapes = _te_shapes(comfy.sd1_clip.SDClipModel(device="meta", dtype=torch.float16,
+                                                       return_projected_pooled=False), torch.float16)
+    gen = torch.Generator().manual_seed(seed)
+    return {k: _te_tensor(k, shape, dtype, gen) for k, (shape, dtype) in shapes.items()}
+
+
+def _te_tensor(key: str, shape: tuple, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    if key.endswith("bias"):
+        return torch.zeros(shape, dtype=dtype)
+    if "norm" in key and len(shape) == 1:
+        return torch.ones(shape, dtype=dtype)
+    if "embedding" in key or key.endswith("shared.weight") or "relative_attention_bias" in key:
+        std = 0.02 if "embedding" in key else 0.5
+        return (torch.randn(shape, generator=gen) * std).to(dtype)
+    return (torch.randn(shape, generator=gen) / shape[-1] ** 0.5).to(dtype)  # Linear: N(0, 1/fan_in)
+
+
+def t5xxl_streamed(seed: int = 0) -> Streamed:
+    """T5-XXL encoder (``t5xxl_fp8_e4m3fn.safetensors`` layout, every tensor float8_e4m3fn), random:
+    keys and shapes read off ComfyUI's ``T5XXLModel`` (its fixed t5_config_xxl.json), drawn per tensor."""
+    import comfy.text_encoders.sd3_clip
+
+    dtype = torch.float8_e4m3fn
+    with torch.device("meta"):
+        shapes = _te_shapes(comfy.text_encoders.sd3_clip.T5XXLModel(device="meta", dtype=dtype), dtype)
+    order = list(shapes)
+
+    def make(key: str) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed * 100_003 + order.index(key))  # per tensor: any order
+        shape, dt = shapes[key]
+        return _te_tensor(key, shape, dt, gen)
+
+    return Streamed(shapes, make)
+
+
 def save_safetensors(sd: dict, path: Path, metadata: Optional[dict] = None) -> None:
     """Write atomically (temp file, then rename): a killed run never leaves a half-written file."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    save_file(sd, str(tmp), metadata=metadata)
+    if isinstance(sd, Streamed):
+        write_streamed(sd, tmp, metadata)
+    else:
+        save_file(sd, str(tmp), metadata=metadata)
     tmp.rename(path)
 
 
 def ensure_built(path: Path, build, name: str, version: int = 1) -> Path:
     """``path``, written atomically from ``build()`` unless a file of this builder ``version`` is there.
+
+    ``build()`` returns a state dict, or a ``Streamed`` for files too big to hold in RAM.
 
     A cached file whose metadata records an older builder version is rebuilt (random weights only).
     """

@@ -134,11 +134,11 @@ def prepost_bench(pack, repeats: int = 10) -> dict:
     ref = torch.rand(1, 1024, 1024, 3, generator=g)
     mask = torch.zeros(1, 1024, 1024)
     mask[:, 256:768, 256:768] = 1.0
-    settings = cond_mod.CanvasSettings()
+    spec = cond_mod.canvas_spec(-1.0, "pad", "target_first", 8192, 4096, 1024, 1024, "crop", False, "fill")  # defaults
     LayoutBundle = pack.nodes.types.LayoutBundle
 
     def pre():
-        canvas, img, m = cond_mod.make_canvas(image, mask, [pack.aceplus_core.to_bchw(ref)], "fill", settings)
+        canvas, img, m = cond_mod.make_canvas(image, mask, [pack.aceplus_core.to_bchw(ref)], spec, "repainting")
         return canvas, LayoutBundle(canvas.layout, img, m, "fill")
 
     canvas, bundle = pre()

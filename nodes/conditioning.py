@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..aceplus_core import (DEFAULT_REPAINTING_SCALE, REFERENCE_FITS, TASK_PRESETS, Canvas, apply_preset, build_canvas,
-                           fft_condition_images, mask_to_b1hw, to_bchw, to_bhwc)
+from ..aceplus_core import (KEEP_PIXELS_RATE, REFERENCE_FITS, TASK_PRESETS, Canvas, CanvasSpec, fft_condition_images,
+                           mask_to_b1hw, task_canvas, to_bchw, to_bhwc)
 from ..aceplus_core.layout import POLICIES
 from . import compat
 from .loader import model_kind
@@ -24,27 +24,22 @@ from .types import Layout, LayoutBundle, ReferenceList, References
 
 log = logging.getLogger(__name__)
 
-NO_PREPROCESS = ("repainting", "no_preprocess")  # presets that leave the image as it is
 PRESET_SCALE = -1.0  # repainting_scale widget value meaning "the task preset's default"
-# Release parity: the released ComfyUI processors' reference fit and crop. The budget is ``max_tokens``
-# as the released processors count it: the LoRA processor spends 2 x its max_seq_length widget (default
-# 3072 -> 6144 tokens), the FFT processor its max_seq_length (3072); the converter writes those values.
-PARITY = {"fill": dict(reference_fit="resize", crop_mode="release"),
-          "fft": dict(reference_fit="pad", crop_mode="release_fft")}
 
 
-@dataclass(frozen=True)
-class CanvasSettings:
-    task: str = "repainting"
-    repainting_scale: float = PRESET_SCALE
-    reference_fit: str = "pad"
-    policy: str = "target_first"
-    max_tokens: int = 8192
-    target_tokens: int = 4096
-    width: int = 1024
-    height: int = 1024
-    aspect_mode: str = "crop"
-    release_parity: bool = False
+def canvas_spec(repainting_scale: float, reference_fit: str, budget_policy: str, max_tokens: int, target_tokens: int,
+                width: int, height: int, aspect_mode: str, release_parity: bool, kind: str,
+                keep_pixels_rate: float = KEEP_PIXELS_RATE) -> CanvasSpec:
+    """The node's widgets as a ``CanvasSpec`` (release parity: the released processor's budget, fit and crop)."""
+    spec = CanvasSpec(policy=budget_policy, max_tokens=max_tokens, target_tokens=target_tokens,
+                      reference_fit=reference_fit, keep_pixels_rate=float(keep_pixels_rate), aspect_mode=aspect_mode,
+                      repainting_scale=None if repainting_scale < 0 else float(repainting_scale), size=(height, width))
+    if not release_parity:
+        return spec
+    # The released processors' fit and crop; the budget stays max_tokens, counted as the release counts
+    # it: the LoRA processor spends 2 x its max_seq_length widget (default 3072 -> 6144), the FFT
+    # processor its max_seq_length (3072). The released-workflow converter writes those values.
+    return spec.release_parity(kind).replace(max_tokens=max_tokens)
 
 
 def model_kind_of(model) -> str:
@@ -59,40 +54,14 @@ def gather_references(reference: Optional[torch.Tensor], more: Optional[Referenc
 
 
 def make_canvas(edit_image: Optional[torch.Tensor], mask: Optional[torch.Tensor], references: Sequence[torch.Tensor],
-                kind: str, s: CanvasSettings, control_image: Optional[torch.Tensor] = None) -> tuple[Canvas, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(canvas, original image BCHW, original mask B1HW) with the task preset applied inside the mask."""
+                spec: CanvasSpec, task: str, control_image: Optional[torch.Tensor] = None
+                ) -> tuple[Canvas, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(canvas, original image BCHW, original mask B1HW or None) with the task preset applied inside the mask,
+    by ``aceplus_core.task_canvas``: the function the trainer's caching pass calls too."""
     image = None if edit_image is None else to_bchw(edit_image)
-    mask_b1hw = None if mask is None else mask_to_b1hw(mask)
-    if mask_b1hw is not None and not bool((mask_b1hw > 0.5).any()):
-        # Zero-area mask = edit everything (release rule), whatever its size: LoadImage gives a 64x64
-        # zero mask for images without alpha.
-        log.info("ACE++: the mask is empty (%s); editing the whole image.", tuple(mask_b1hw.shape[-2:]))
-        mask_b1hw = None
-    if image is not None and mask_b1hw is not None and tuple(mask_b1hw.shape[-2:]) != tuple(image.shape[-2:]):
-        raise ValueError(
-            f"The mask is {tuple(mask_b1hw.shape[-2:])} (H, W) but the edit image is "
-            f"{tuple(image.shape[-2:])}; they must be the same size. Paint the mask on this image, or "
-            "resize the mask (e.g. with an image-resize node on a mask converted to an image)."
-        )
-    scale = s.repainting_scale
-    prepared = image
-    if image is not None:
-        if s.task in NO_PREPROCESS:  # nothing to paste: skip the preset's full-size mask pass
-            prepared, preset_scale = image, DEFAULT_REPAINTING_SCALE[s.task]
-        else:
-            control = None if control_image is None else to_bchw(control_image)
-            prepared, preset_scale = apply_preset(image, mask_b1hw, s.task, control_image=control)
-        scale = preset_scale if scale < 0 else scale
-    elif s.task != "repainting":
-        log.warning("ACE++: task %r needs an edit image; without one the canvas is generated from scratch.", s.task)
-    scale = 1.0 if scale < 0 else scale
-    budget = dict(max_tokens=s.max_tokens, reference_fit=s.reference_fit, policy=s.policy, crop_mode="target")
-    if s.release_parity:
-        budget = dict(PARITY[kind], policy="official", max_tokens=s.max_tokens)
-    canvas = build_canvas(prepared, mask_b1hw, references, size=None if image is not None else (s.height, s.width),
-                          repainting_scale=float(scale), target_tokens=s.target_tokens, aspect_mode=s.aspect_mode,
-                          **budget)
-    return canvas, image, mask_b1hw
+    built = task_canvas(image, None if mask is None else mask_to_b1hw(mask), references, spec, task,
+                        control_image=None if control_image is None else to_bchw(control_image))
+    return built.canvas, image, built.mask
 
 
 def encode_canvas(vae, canvas: Canvas, kind: str) -> torch.Tensor:
@@ -205,6 +174,11 @@ class Conditioning(io.ComfyNode):
                                          "the whole canvas (the release's defaults: 6144 Fill, 3072 FFT), resize "
                                          "(Fill) / pad (FFT) fit and the release crop (output smaller than the "
                                          "input). Overrides fit and policy."),
+                io.Float.Input("keep_pixels_rate", default=KEEP_PIXELS_RATE, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="pad fit: a reference at least this fraction of the canvas height is shrunk "
+                                       "to it, a shorter one keeps its pixels (the released FFT processor's "
+                                       "keep_pixels_rate; 0.8 there). Used in both budget policies and in release "
+                                       "parity."),
             ],
             outputs=[
                 io.Conditioning.Output("positive_out", display_name="positive", tooltip="Positive conditioning with the canvas attached."),
@@ -217,13 +191,14 @@ class Conditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, vae, model, task, repainting_scale, reference_fit, budget_policy, max_tokens,
-                target_tokens, width, height, guidance, aspect_mode, hold_references, release_parity, edit_image=None,
-                mask=None, reference=None, more_references=None, control_image=None) -> io.NodeOutput:
+                target_tokens, width, height, guidance, aspect_mode, hold_references, release_parity,
+                keep_pixels_rate=KEEP_PIXELS_RATE, edit_image=None, mask=None, reference=None, more_references=None,
+                control_image=None) -> io.NodeOutput:
         kind = model_kind_of(model)
-        settings = CanvasSettings(task, repainting_scale, reference_fit, budget_policy, max_tokens, target_tokens,
-                                  width, height, aspect_mode, release_parity)
+        spec = canvas_spec(repainting_scale, reference_fit, budget_policy, max_tokens, target_tokens, width, height,
+                           aspect_mode, release_parity, kind, keep_pixels_rate)
         refs = gather_references(reference, more_references)
-        canvas, image, mask_b1hw = make_canvas(edit_image, mask, refs, kind, settings, control_image)
+        canvas, image, mask_b1hw = make_canvas(edit_image, mask, refs, spec, task, control_image)
         condition = encode_canvas(vae, canvas, kind)
         pos, neg = attach(positive, negative, condition, canvas.mask, guidance)
         latent = start_latent(vae, canvas, condition, hold_references and not release_parity)

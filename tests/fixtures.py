@@ -144,6 +144,26 @@ def ensure_fixtures() -> dict[str, Path]:
     return paths
 
 
+# Real-size text encoders (random weights) for the trainer's ``model.text_encoder = "comfy"`` test; not
+# part of ensure_fixtures(): the T5-XXL file is 4.8 GB, built only when that test runs.
+TEXT_ENCODER_VERSION = 1
+
+
+def ensure_text_encoders() -> dict[str, Path]:
+    """CLIP-L (fp16, 246 MB) and T5-XXL (float8_e4m3fn, 4.8 GB, streamed to disk) with ComfyUI's shapes."""
+    from aceplus_host import import_comfy
+    from aceplus_host.tiny_models import clip_l_state_dict, t5xxl_streamed
+
+    import_comfy()
+    root = fixtures_dir()
+    return {
+        "clip_l": ensure_built(root / "random_clip_l.safetensors", lambda: clip_l_state_dict(seed=11),
+                               "random_clip_l", TEXT_ENCODER_VERSION),
+        "t5xxl": ensure_built(root / "random_t5xxl_fp8_e4m3fn.safetensors", lambda: t5xxl_streamed(seed=12),
+                              "random_t5xxl_fp8_e4m3fn", TEXT_ENCODER_VERSION),
+    }
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for key, value in ensure_fixtures().items():

@@ -374,7 +374,12 @@ def test_parity_budget_is_max_tokens(pack):
     mask = torch.zeros(1, 512, 512)
     mask[:, 100:300, 100:400] = 1.0
     refs = [ref.permute(0, 3, 1, 2)]  # B, C, H, W
-    make, settings = pack.nodes.conditioning.make_canvas, pack.nodes.conditioning.CanvasSettings
-    small, _, _ = make(image, mask, refs, "fill", settings(max_tokens=256, release_parity=True))
-    large, _, _ = make(image, mask, refs, "fill", settings(max_tokens=6144, release_parity=True))
+    cond = pack.nodes.conditioning
+
+    def parity_canvas(max_tokens: int):
+        spec = cond.canvas_spec(-1.0, "pad", "target_first", max_tokens, 4096, 1024, 1024, "crop", True, "fill")
+        return cond.make_canvas(image, mask, refs, spec, "repainting")[0]
+
+    small, large = parity_canvas(256), parity_canvas(6144)
     assert small.layout.tokens <= 256 < large.layout.tokens
+    assert small.layout.crop_mode == large.layout.crop_mode == "release"  # still the release's fit and crop

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aceplus_core import build_canvas, crop_back, feather_alpha  # noqa: E402
+from aceplus_core import CanvasSpec, build_canvas, crop_back, feather_alpha  # noqa: E402
 
 
 def random_mask(g, h, w):
@@ -28,8 +28,8 @@ def test_identity_decode_is_bit_exact_outside_mask(h, w, n_refs, policy, max_tok
     edit = torch.rand(batch, 3, h, w, generator=g)
     mask = random_mask(g, h, w)
     refs = [torch.rand(1, 3, 64, 48, generator=g) for _ in range(n_refs)]
-    canvas = build_canvas(edit, mask, refs, policy=policy, max_tokens=max_tokens,
-                          target_tokens=min(max_tokens, 1024), aspect_mode="crop", with_target=True)
+    spec = CanvasSpec(policy=policy, max_tokens=max_tokens, target_tokens=min(max_tokens, 1024), aspect_mode="crop")
+    canvas = build_canvas(edit, mask, refs, spec, with_target=True)
     out = crop_back(canvas.target, canvas.layout, edit, mask, feather=feather)
     assert out.shape == edit.shape
     keep = (mask <= 0.5).expand_as(edit)
@@ -51,7 +51,7 @@ def test_generated_content_lands_inside_mask_at_original_size():
     edit = torch.rand(1, 3, 333, 250)   # not a multiple of 16 and budget-scaled below
     mask = torch.zeros(1, 1, 333, 250)
     mask[..., 30:130, 60:170] = 1
-    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 128, 128)], max_tokens=256, target_tokens=128)
+    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 128, 128)], CanvasSpec(max_tokens=256, target_tokens=128))
     assert canvas.layout.target_box.h < 333
     decoded = torch.full_like(canvas.image, 0.25)
     out = crop_back(decoded, canvas.layout, edit, mask)
@@ -68,7 +68,7 @@ def test_generated_content_lands_inside_mask_at_original_size():
 def test_aspect_crop_restores_the_cut_borders():
     edit = torch.rand(1, 3, 60, 400)
     mask = torch.ones(1, 1, 60, 400)
-    canvas = build_canvas(edit, mask, aspect_mode="crop")
+    canvas = build_canvas(edit, mask, spec=CanvasSpec(aspect_mode="crop"))
     sc = canvas.layout.source_crop
     out = crop_back(torch.zeros_like(canvas.image), canvas.layout, edit, mask)
     assert out.shape == edit.shape
@@ -95,14 +95,14 @@ def test_feather_blends_only_inside_mask():
 
 @pytest.mark.parametrize("mode,expected_x", [("release", 720 + 30), ("release_fft", 720)])
 def test_release_crop_modes(mode, expected_x):
-    canvas = build_canvas(torch.rand(1, 3, 1024, 1024), None, [torch.rand(1, 3, 1024, 1024)],
-                          policy="official", reference_fit="resize", max_tokens=4096, crop_mode=mode)
+    spec = CanvasSpec(policy="official", reference_fit="resize", max_tokens=4096, crop_mode=mode)
+    canvas = build_canvas(torch.rand(1, 3, 1024, 1024), None, [torch.rand(1, 3, 1024, 1024)], spec)
     out = crop_back(canvas.image, canvas.layout)
     assert out.shape == (1, 3, 720, 1440 - expected_x)
 
 
 def test_release_fft_crops_30px_without_reference():
-    canvas = build_canvas(torch.rand(1, 3, 256, 256), None, policy="official", max_tokens=4096)
+    canvas = build_canvas(torch.rand(1, 3, 256, 256), None, spec=CanvasSpec(policy="official", max_tokens=4096))
     assert crop_back(canvas.image, canvas.layout, crop_mode="release_fft").shape[-1] == 256 - 30
     assert crop_back(canvas.image, canvas.layout, crop_mode="release").shape[-1] == 256
 
@@ -124,8 +124,8 @@ def test_large_budget_scaled_image_round_trip(policy):
     edit = torch.rand(1, 3, 1500, 1100, generator=g)          # 6445 tokens: scaled by both policies
     mask = torch.zeros(1, 1, 1500, 1100)
     mask[..., 400:900, 300:800] = 1
-    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 700, 500, generator=g)], policy=policy,
-                          max_tokens=4096 if policy == "official" else 8192, with_target=True)
+    spec = CanvasSpec(policy=policy, max_tokens=4096 if policy == "official" else 8192)
+    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 700, 500, generator=g)], spec, with_target=True)
     assert canvas.layout.target_box.h < 1500
     out = crop_back(canvas.target, canvas.layout, edit, mask)
     keep = (mask == 0).expand_as(edit)

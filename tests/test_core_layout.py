@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aceplus_core import Box, CanvasLayout, build_canvas  # noqa: E402
+from aceplus_core import Box, CanvasLayout, CanvasSpec, build_canvas  # noqa: E402
+
+JITTER = CanvasSpec(reference_height_jitter=(1 / 3, 1.0))
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -55,9 +57,9 @@ def test_boxes_tile_canvas(eh, ew, n_refs, ref_sizes, policy, fit, max_tokens, t
     target_tokens = max(1, int(max_tokens * target_frac))
     if max_tokens < (n_refs + 1):
         return
-    canvas = build_canvas(edit, mask, refs, size=(eh, ew), policy=policy, reference_fit=fit,
-                          max_tokens=max_tokens, target_tokens=target_tokens, aspect_mode=aspect_mode,
-                          with_target=has_edit)
+    spec = CanvasSpec(size=(eh, ew), policy=policy, reference_fit=fit, max_tokens=max_tokens,
+                      target_tokens=target_tokens, aspect_mode=aspect_mode)
+    canvas = build_canvas(edit, mask, refs, spec, with_target=has_edit)
     layout = canvas.layout
     check_tiling(layout, canvas)
     assert layout.tokens <= max_tokens
@@ -82,10 +84,10 @@ def test_target_first_references_never_cost_target_resolution(eh, ew, n_refs, ma
     if max(eh / ew, ew / eh) > 4 or max(ref_hw[0] / ref_hw[1], ref_hw[1] / ref_hw[0]) > 4:
         return
     edit = torch.rand(1, 3, eh, ew)
-    alone = build_canvas(edit, None, [], max_tokens=max_tokens, target_tokens=target_tokens).layout
+    alone = build_canvas(edit, None, [], CanvasSpec(max_tokens=max_tokens, target_tokens=target_tokens)).layout
     refs = [torch.rand(1, 3, *ref_hw) for _ in range(n_refs)]
-    with_refs = build_canvas(edit, None, refs, max_tokens=max_tokens, target_tokens=target_tokens,
-                             reference_fit=fit).layout
+    spec = CanvasSpec(max_tokens=max_tokens, target_tokens=target_tokens, reference_fit=fit)
+    with_refs = build_canvas(edit, None, refs, spec).layout
     th, tw = alone.target_box.h, alone.target_box.w
     assert with_refs.tokens <= max_tokens
     if (th // 16) * (tw // 16 + n_refs) <= max_tokens:  # the budget allows >= 16 px per reference
@@ -140,8 +142,8 @@ OFFICIAL_TABLE = [
 @pytest.mark.parametrize("edit_hw,ref_hws,fit,max_tokens,expected", OFFICIAL_TABLE)
 def test_official_sizes_match_release_formula(edit_hw, ref_hws, fit, max_tokens, expected):
     refs = [torch.rand(1, 3, *hw) for hw in ref_hws]
-    canvas = build_canvas(torch.rand(1, 3, *edit_hw), None, refs, policy="official", reference_fit=fit,
-                          max_tokens=max_tokens)
+    spec = CanvasSpec(policy="official", reference_fit=fit, max_tokens=max_tokens)
+    canvas = build_canvas(torch.rand(1, 3, *edit_hw), None, refs, spec)
     lay = canvas.layout
     assert (lay.canvas_h, lay.canvas_w, lay.slice_w) == expected
     check_tiling(lay, canvas)
@@ -154,7 +156,7 @@ def test_official_matches_release_pixels():
     ref = torch.rand(1, 3, 180, 120, generator=g)
     mask = torch.zeros(1, 1, 200, 300)
     mask[..., 50:120, 100:250] = 1
-    canvas = build_canvas(edit, mask, [ref], policy="official", reference_fit="resize", max_tokens=128)
+    canvas = build_canvas(edit, mask, [ref], CanvasSpec(policy="official", reference_fit="resize", max_tokens=128))
     # release, in [-1, 1]: ref -> (200, int(120 * 200/180) = 133), edit * (1 - m), cat, resize
     r = torch.nn.functional.interpolate(ref * 2 - 1, size=(200, 133), mode="bilinear", antialias=True,
                                         align_corners=False)
@@ -173,7 +175,7 @@ def test_official_matches_release_pixels():
 
 def test_reference_generation_without_edit_image():
     ref = torch.rand(1, 3, 256, 256)
-    canvas = build_canvas(None, None, [ref], size=(512, 384))
+    canvas = build_canvas(None, None, [ref], CanvasSpec(size=(512, 384)))
     lay = canvas.layout
     assert (lay.original_h, lay.original_w) == (512, 384)
     assert (lay.target_box.h, lay.target_box.w) == (512, 384)
@@ -188,13 +190,13 @@ def test_repainting_scale_and_mask_rules():
     edit = torch.rand(1, 3, 64, 64)
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., 16:32, 16:48] = 0.9
-    c1 = build_canvas(edit, mask, repainting_scale=1.0)
+    c1 = build_canvas(edit, mask, spec=CanvasSpec(repainting_scale=1.0))
     inside, outside = c1.mask.bool().expand(1, 3, 64, 64), ~c1.mask.bool().expand(1, 3, 64, 64)
     assert bool((c1.image[inside] == 0.5).all())
     assert torch.equal(c1.image[outside], edit[outside])      # kept pixels are untouched
-    c0 = build_canvas(edit, mask, repainting_scale=0.0)
+    c0 = build_canvas(edit, mask, spec=CanvasSpec(repainting_scale=0.0))
     assert torch.equal(c0.image, edit)
-    ch = build_canvas(edit, mask, repainting_scale=0.5)
+    ch = build_canvas(edit, mask, spec=CanvasSpec(repainting_scale=0.5))
     assert torch.allclose(ch.image[inside], 0.5 + (edit[inside] - 0.5) * 0.5)
     # all-zero mask -> edit everything (release behaviour)
     cz = build_canvas(edit, torch.zeros(1, 1, 64, 64))
@@ -207,28 +209,25 @@ def test_aspect_crop_crops_image_and_mask_together():
     edit = torch.rand(1, 3, 100, 500)
     mask = torch.zeros(1, 1, 100, 500)
     mask[..., :, 240:260] = 1
-    canvas = build_canvas(edit, mask, aspect_mode="crop")
+    canvas = build_canvas(edit, mask, spec=CanvasSpec(aspect_mode="crop"))
     sc = canvas.layout.source_crop
     assert (sc.h, sc.w) == (100, 400) and sc.x == 50 and sc.y == 0
 
 
 def test_reference_height_jitter_is_seeded_and_in_range():
     edit, ref = torch.rand(1, 3, 96, 96), torch.rand(1, 3, 96, 96)
-    a = build_canvas(edit, None, [ref], reference_height_jitter=(1 / 3, 1.0),
-                     generator=torch.Generator().manual_seed(1)).layout
-    b = build_canvas(edit, None, [ref], reference_height_jitter=(1 / 3, 1.0),
-                     generator=torch.Generator().manual_seed(1)).layout
+    a = build_canvas(edit, None, [ref], JITTER, generator=torch.Generator().manual_seed(1)).layout
+    b = build_canvas(edit, None, [ref], JITTER, generator=torch.Generator().manual_seed(1)).layout
     assert a == b
-    heights = {build_canvas(edit, None, [ref], reference_height_jitter=(1 / 3, 1.0),
-                            generator=torch.Generator().manual_seed(s)).layout.reference_content_boxes[0].h
-               for s in range(12)}
+    heights = {build_canvas(edit, None, [ref], JITTER, generator=torch.Generator().manual_seed(s))
+               .layout.reference_content_boxes[0].h for s in range(12)}
     assert len(heights) > 3 and min(heights) >= 96 // 3 and max(heights) <= 96
 
 
 def test_target_image_becomes_canvas_target():
     edit, tgt, ref = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 64)
     for policy in ("target_first", "official"):
-        c = build_canvas(edit, None, [ref], target_image=tgt, policy=policy, reference_fit="resize")
+        c = build_canvas(edit, None, [ref], CanvasSpec(policy=policy, reference_fit="resize"), target_image=tgt)
         r, col = c.layout.target_box.slices()
         assert torch.equal(c.target[:, :, r, col], tgt) if policy == "target_first" else True
         rb = c.layout.reference_boxes[0].slices()

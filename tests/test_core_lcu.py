@@ -9,7 +9,7 @@ import torch
 from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aceplus_core import (FLUX_LATENT_SCALE, FLUX_LATENT_SHIFT, build_canvas, canvas_mu,  # noqa: E402
+from aceplus_core import (FLUX_LATENT_SCALE, FLUX_LATENT_SHIFT, CanvasSpec, build_canvas, canvas_mu,  # noqa: E402
                           denormalize_latent, fft_condition_images, fft_tokens, fill_tokens,
                           flow_matching_pair, flux_shift_mu, lcu_tokens, logit_normal,
                           normalize_latent, pack_mask, patchify, position_ids, region_weights,
@@ -91,7 +91,7 @@ def test_region_weights():
     edit = torch.rand(1, 3, 64, 64)
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., 0:10, 0:10] = 1
-    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 64, 32)], reference_fit="resize")
+    canvas = build_canvas(edit, mask, [torch.rand(1, 3, 64, 32)], CanvasSpec(reference_fit="resize"))
     lay = canvas.layout
     assert (lay.canvas_h, lay.canvas_w, lay.target_box.x) == (64, 96, 32)
     w = region_weights(lay, ref_weight=0.25, target_weight=2.0)

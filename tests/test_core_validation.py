@@ -9,7 +9,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aceplus_core import (build_canvas, mask_to_b1hw, to_bchw, to_bhwc,  # noqa: E402
+from aceplus_core import (CanvasSpec, build_canvas, mask_to_b1hw, to_bchw, to_bhwc,  # noqa: E402
                           validate_references)
 
 
@@ -29,7 +29,7 @@ def test_empty_reference_list_when_required():
 @pytest.mark.parametrize("size", [(0, 512), (512, -16), (512.5, 512), (512,), "1024"])
 def test_non_positive_or_bad_size(size):
     with pytest.raises(ValueError, match="size must be two positive integers"):
-        build_canvas(None, None, [torch.rand(1, 3, 32, 32)], size=size)
+        build_canvas(None, None, [torch.rand(1, 3, 32, 32)], CanvasSpec(size=size))
 
 
 def test_aspect_beyond_limit_names_ratio_and_fix():
@@ -55,11 +55,11 @@ def test_image_channel_and_batch_errors():
     with pytest.raises(ValueError, match="reference 0 has batch size 3"):
         build_canvas(torch.rand(2, 3, 64, 64), None, [torch.rand(3, 3, 32, 32)])
     with pytest.raises(ValueError, match="policy='fast'"):
-        build_canvas(torch.rand(1, 3, 64, 64), None, policy="fast")
+        build_canvas(torch.rand(1, 3, 64, 64), None, spec=CanvasSpec(policy="fast"))
     with pytest.raises(ValueError, match="repainting_scale must be in"):
-        build_canvas(torch.rand(1, 3, 64, 64), None, repainting_scale=1.5)
+        build_canvas(torch.rand(1, 3, 64, 64), None, spec=CanvasSpec(repainting_scale=1.5))
     with pytest.raises(ValueError, match="max_tokens=2 cannot hold"):
-        build_canvas(torch.rand(1, 3, 64, 64), None, [torch.rand(1, 3, 32, 32)] * 2, max_tokens=2)
+        build_canvas(torch.rand(1, 3, 64, 64), None, [torch.rand(1, 3, 32, 32)] * 2, CanvasSpec(max_tokens=2))
 
 
 def test_mask_shapes_and_layout_helpers():

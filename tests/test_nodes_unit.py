@@ -71,11 +71,11 @@ def edit_inputs(batch: int = 1, seed: int = 0):
 
 
 def run_conditioning(pack, model, vae, *, image=None, mask=None, reference=None, more=None, task="repainting",
-                     parity=False, hold=True, width=1024, height=1024, max_tokens=8192):
+                     parity=False, hold=True, width=1024, height=1024, max_tokens=8192, **optional):
     node = pack.nodes.conditioning.Conditioning
     return node.execute(text_cond(0), text_cond(1), vae, model, task, -1.0, "pad", "target_first", max_tokens, 4096,
                         width, height, 50.0, "crop", hold, parity, edit_image=image, mask=mask, reference=reference,
-                        more_references=more).args
+                        more_references=more, **optional).args
 
 
 # ---- ids and schema -----------------------------------------------------------------------------
@@ -301,11 +301,28 @@ def test_release_parity_reproduces_the_official_canvas(pack, core, fill_model, f
                                            (fft_model, "fft", "pad", 3072, "release_fft")):
         pos, _, latent, bundle, canvas_img = run_conditioning(pack, model, vae, image=image, mask=mask, reference=ref,
                                                               parity=True, max_tokens=budget)
-        want = core.build_canvas(core.to_bchw(image), core.mask_to_b1hw(mask), [core.to_bchw(ref)], policy="official",
-                                 reference_fit=fit, max_tokens=budget, crop_mode=crop)
+        spec = core.CanvasSpec(policy="official", reference_fit=fit, max_tokens=budget, crop_mode=crop)
+        want = core.build_canvas(core.to_bchw(image), core.mask_to_b1hw(mask), [core.to_bchw(ref)], spec)
         assert bundle.layout == want.layout, kind
         torch.testing.assert_close(core.to_bchw(canvas_img), want.image, rtol=0, atol=0)
         assert "noise_mask" not in latent  # the release samples the whole canvas
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 0.8, 1.0])
+def test_release_parity_fft_follows_the_keep_pixels_rate_widget(pack, core, fft_model, vae, rate):
+    """The widget reaches the canvas: release parity on the FFT model equals the released FFT processor's
+    formula (written out in test_canvas_spec) at that keep_pixels_rate."""
+    from test_canvas_spec import released_fft_processor
+
+    g = torch.Generator().manual_seed(9)
+    image, ref = torch.rand(1, 200, 300, 3, generator=g), torch.rand(1, 180, 120, 3, generator=g)
+    mask = torch.zeros(1, 200, 300)
+    mask[:, 50:120, 100:250] = 1.0
+    _, _, _, bundle, canvas_img = run_conditioning(pack, fft_model, vae, image=image, mask=mask, reference=ref,
+                                                   parity=True, keep_pixels_rate=rate)
+    want_img, _, want_slice = released_fft_processor(core.to_bchw(image), mask[:, None], core.to_bchw(ref), rate)
+    torch.testing.assert_close(core.to_bchw(canvas_img), want_img, rtol=0, atol=1e-5)
+    assert bundle.layout.release_slice_w == want_slice
 
 
 # ---- sampler ----------------------------------------------------------------------------------------

@@ -59,21 +59,85 @@ def entry_key(cfg: Config, s: Sample, variant: int) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def canvas_spec(cfg: Config, training: bool = True):
+    """The ``[canvas]`` config as the ``aceplus_core.CanvasSpec`` the nodes build from their widgets
+    (the repainting scale is chosen per sample: ``sample_task``)."""
+    from aceplus_core import CanvasSpec
+
+    c = cfg.canvas
+    jitter = tuple(c.reference_height_jitter) if (training and c.reference_height_jitter) else None
+    return CanvasSpec(policy=c.policy, max_tokens=c.max_tokens, target_tokens=c.target_tokens,
+                      reference_fit=c.reference_fit, keep_pixels_rate=c.keep_pixels_rate, aspect_mode=c.aspect_mode,
+                      max_aspect=c.max_aspect, reference_height_jitter=jitter)
+
+
+def sample_task(cfg: Config, s: Sample) -> tuple[str, float]:
+    """(task preset, repainting scale) of one sample.
+
+    The preset is ``canvas.presets[data_type]`` (default: repainting). The scale, as the release picks it
+    per sample: ``canvas.repainting_scales[data_type]`` if listed; else a local-edit preset's default,
+    the scale ACE++ Conditioning samples it with (0: the pasted guide stays visible); else 1.0 with a
+    reference; else ``canvas.repainting_scale`` (release 0.5).
+    """
+    from aceplus_core import DEFAULT_REPAINTING_SCALE
+
+    c = cfg.canvas
+    preset = c.presets.get(s.data_type, "repainting")
+    if s.data_type in c.repainting_scales:
+        return preset, float(c.repainting_scales[s.data_type])
+    if preset != "repainting":
+        return preset, DEFAULT_REPAINTING_SCALE[preset]
+    return preset, 1.0 if s.references else float(c.repainting_scale)
+
+
 def build_sample_canvas(cfg: Config, s: Sample, variant: int, training: bool = True):
-    """The canvas of one sample, exactly as the nodes build it (plus the release's height jitter)."""
-    from aceplus_core import build_canvas
+    """The canvas of one sample, built by ``aceplus_core.task_canvas`` exactly as ACE++ Conditioning builds
+    it (same spec, preset and scale), plus the release's reference-height jitter when training.
+
+    Control rows: the row's edit image is the control map, pasted inside the mask of the target image,
+    as the node pastes its ``control_image`` into the image being edited."""
+    from aceplus_core import task_canvas
 
     t = load_sample_tensors(s)
-    c = cfg.canvas
     gen = torch.Generator().manual_seed(int(hashlib.sha1(f"{cfg.run.seed}/{s.row}/{variant}".encode())
                                             .hexdigest()[:8], 16))
-    jitter = tuple(c.reference_height_jitter) if (training and c.reference_height_jitter) else None
-    size = None if t["edit"] is not None else tuple(t["target"].shape[-2:])
-    return t, build_canvas(
-        t["edit"], t["mask"], t["refs"], size=size, repainting_scale=c.repainting_scale,
-        reference_fit=c.reference_fit, policy=c.policy, max_tokens=c.max_tokens, target_tokens=c.target_tokens,
-        max_aspect=c.max_aspect, aspect_mode=c.aspect_mode, target_image=t["target"],
-        reference_height_jitter=jitter, generator=gen)
+    preset, scale = sample_task(cfg, s)
+    spec = canvas_spec(cfg, training).replace(repainting_scale=scale)
+    image, control = t["edit"], None
+    if preset == "control" and image is not None:
+        image, control = t["target"], t["edit"]
+    built = task_canvas(image, t["mask"], t["refs"], spec, preset, control_image=control, target_image=t["target"],
+                        generator=gen)
+    # what crop-back composites with: the image the canvas was built from and the mask it used
+    t["image"], t["mask"] = image, built.mask
+    return t, built.canvas
+
+
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn,
+              "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
+
+
+def mmap_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """A safetensors file as tensors over a copy-on-write memory map (pages come from the page cache
+    on first use; nothing is read up front). Text-encoder files only: no weights are written back."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    buf = np.memmap(path, dtype=np.uint8, mode="c")
+    out = {}
+    for key, info in header.items():
+        if info["dtype"] not in _ST_DTYPES:
+            raise ConfigError(f"{path}: tensor {key} has dtype {info['dtype']}, which the trainer cannot read.")
+        a, b = info["data_offsets"]
+        raw = torch.from_numpy(buf[8 + n + a: 8 + n + b])
+        dtype = _ST_DTYPES[info["dtype"]]
+        if (8 + n + a) % dtype.itemsize:  # misaligned for a zero-copy view: copy this one tensor
+            raw = raw.clone()
+        out[key] = raw.view(dtype).reshape(info["shape"])
+    return out
 
 
 class Encoders:
@@ -98,8 +162,11 @@ class Encoders:
                     raise ConfigError(f"model.{key} {p!r} does not exist; set it to the {key} text encoder file "
                                       "(ComfyUI/models/text_encoders), or use model.text_encoder = "
                                       "'stub_test_only' for tests.")
-            self.clip = comfy.sd.load_clip(ckpt_paths=[cfg.model.clip_l, cfg.model.t5xxl],
-                                           clip_type=comfy.sd.CLIPType.FLUX)
+            # ComfyUI's own loader (what load_clip / DualCLIPLoader call after reading the files), fed
+            # memory-mapped tensors: the 4.8-9.5 GB T5 file is never copied into RAM before the load.
+            self.clip = comfy.sd.load_text_encoder_state_dicts(
+                [mmap_safetensors(cfg.model.clip_l), mmap_safetensors(cfg.model.t5xxl)],
+                clip_type=comfy.sd.CLIPType.FLUX)
         else:
             log.warning("model.text_encoder = 'stub_test_only': prompts become seeded random embeddings. "
                         "TEST ONLY: a model trained like this ignores its prompts.")

@@ -88,6 +88,12 @@ class DataConfig:
         "A mask whose size differs from its edit image: 'resize' it (nearest) or 'skip' the sample; logged.", "resize")
 
 
+# data_type -> the task preset the ACE++ Conditioning node applies when sampling that task. The caching
+# pass pastes the same preset inside the mask with the same core function (aceplus_core.task_canvas).
+LOCAL_EDIT_PRESETS = {"recolorizing": "recolorizing", "mosaic": "mosaic", "canny": "canny", "control": "control",
+                      "contour_repainting": "control", "depth_repainting": "control"}
+
+
 @dataclass(frozen=True)
 class CanvasConfig:
     policy: Literal["target_first", "official"] = doc("Token-budget policy, as in the nodes.", "target_first")
@@ -95,10 +101,21 @@ class CanvasConfig:
     target_tokens: int = doc("Tokens the target keeps before references shrink (target_first policy).", 1024)
     reference_fit: Literal["pad", "resize"] = doc("How references fit the canvas height (FFT: pad, LoRA: resize).",
                                                   "pad")
+    keep_pixels_rate: float = doc(
+        "pad fit: references at least this fraction of the canvas height shrink to it, shorter ones keep their "
+        "pixels (the node's keep_pixels_rate widget; release 0.8).", 0.8)
     reference_height_jitter: list[float] = doc(
         "Training augmentation of the release: reference height drawn in [lo, hi] x canvas height and padded "
         "([] = off; release: [0.3333, 1.0]).", factory=list)
-    repainting_scale: float = doc("1.0 greys the masked area of the condition canvas; 0.0 keeps it.", 1.0)
+    repainting_scale: float = doc(
+        "Share of the masked area blanked in the condition canvas (1 = all, 0 = none) for samples WITHOUT a "
+        "reference; samples with one use 1.0, local-edit presets their node default (as the release).", 0.5)
+    repainting_scales: dict[str, float] = doc(
+        "Per-data_type repainting scale, overriding the rule above, e.g. {inpainting = 1.0}.", factory=dict)
+    presets: dict[str, str] = doc(
+        "data_type -> task preset pasted inside the mask, as ACE++ Conditioning does when sampling it "
+        "(recolorizing, mosaic, canny; control: the row's edit_image is the control map, pasted into the target).",
+        factory=lambda: dict(LOCAL_EDIT_PRESETS))
     aspect_mode: Literal["error", "crop"] = doc("Images beyond max_aspect: 'crop' centre-crops, 'error' skips.",
                                                 "crop")
     max_aspect: float = doc("Largest aspect ratio accepted (release: 4).", 4.0)
@@ -182,6 +199,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{key} = {value!r} is not one of {list(choices)}.")
         return value
+    if origin is dict:
+        _, inner = get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table of {_type_name(inner)} values, got {value!r}.")
+        return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (inner,) = get_args(tp)
         if not isinstance(value, list):
@@ -290,6 +312,18 @@ def validate(cfg: Config) -> None:
         positive("lora.rank", cfg.lora.rank)
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas must have two numbers, got {cfg.train.betas}.")
+    if not 0.0 <= cfg.canvas.keep_pixels_rate <= 1.0:
+        raise ConfigError(f"canvas.keep_pixels_rate must be in [0, 1], got {cfg.canvas.keep_pixels_rate}; "
+                          "the release uses 0.8.")
+    for key, v in (("canvas.repainting_scale", cfg.canvas.repainting_scale),
+                   *((f"canvas.repainting_scales.{k}", v) for k, v in cfg.canvas.repainting_scales.items())):
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1] (1 blanks the masked area, 0 keeps it), got {v}.")
+    from aceplus_core import TASK_PRESETS
+
+    bad = {k: v for k, v in cfg.canvas.presets.items() if v not in TASK_PRESETS}
+    if bad:
+        raise ConfigError(f"canvas.presets {bad}: unknown preset(s); use one of {list(TASK_PRESETS)}.")
     jit = cfg.canvas.reference_height_jitter
     if jit and not (len(jit) == 2 and 0 < jit[0] <= jit[1] <= 1):
         raise ConfigError(f"canvas.reference_height_jitter must be [] or [lo, hi] with 0 < lo <= hi <= 1, got {jit}.")
@@ -297,6 +331,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.dit is empty: set it to the FLUX.1-Fill-dev (or ACE++ FFT) .safetensors file.")
     if not cfg.data.manifest:
         raise ConfigError("data.manifest is empty: set it to your dataset's .csv or .jsonl file.")
+
+
+def toml_value(v: Any) -> str:
+    """A TOML literal: JSON for scalars and lists, an inline table for a dict."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(v)
 
 
 def describe() -> str:
@@ -310,6 +351,6 @@ def describe() -> str:
             if default is None:  # TOML has no null: an unset optional is shown commented out
                 lines.append(f"# {f.name} = {json.dumps(f.metadata.get('example'))}   (unset by default)")
             else:
-                lines.append(f"{f.name} = {json.dumps(default)}")
+                lines.append(f"{f.name} = {toml_value(default)}")
         lines.append("")
     return "\n".join(lines)

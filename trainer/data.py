@@ -157,6 +157,9 @@ def _validate(n: int, rec: dict, root: Path, cfg: Config, report: DataReport) ->
             report.skip("corrupt_image")
             return None
     fixes = []
+    if mask and not edit:
+        log.info("%s: edit_mask %s is not used without an edit_image (reference generation masks the whole "
+                 "target)", where, mask)
     base = sizes.get("edit_image", sizes["target_image"])
     if "edit_image" in sizes and sizes["target_image"] != base:
         log.info("%s: target %s differs from edit image %s; the target is resized to the edit image",
@@ -197,13 +200,16 @@ def load_mask(path: str, size_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def load_sample_tensors(s: Sample) -> dict:
-    """The images of one sample as tensors (edit/mask may be None: build_canvas fills them in)."""
+    """The images of one sample as tensors; edit and mask are None without an edit image, mask is None
+    without a mask file (build_canvas then edits everything)."""
     target = load_image(s.target_image)
     edit = load_image(s.edit_image) if s.edit_image else None
     if edit is not None and target.shape[-2:] != edit.shape[-2:]:
         target = torch.nn.functional.interpolate(target, size=edit.shape[-2:], mode="bilinear", antialias=True,
                                                  align_corners=False).clamp(0, 1)
     base_hw = tuple((edit if edit is not None else target).shape[-2:])
-    mask = load_mask(s.edit_mask, base_hw) if s.edit_mask else torch.ones(1, 1, *base_hw)
+    # No edit image (reference generation): the whole canvas target is generated and there is no mask
+    # to pass (``_validate`` already said once if the row had one).
+    mask = load_mask(s.edit_mask, base_hw) if (s.edit_mask and edit is not None) else None
     refs = [load_image(r) for r in s.references]
     return {"edit": edit, "mask": mask, "target": target, "refs": refs}

@@ -216,6 +216,22 @@ def kohya_name(module_name: str) -> str:
     return "lora_unet_" + module_name.replace(".", "_")
 
 
+def ops_input_dtype(dit: nn.Module):
+    """The input dtype the DiT's ops need, or None when they take any float input.
+
+    ComfyUI picks the ops from the weight dtype and the device (``comfy.ops.pick_operations``):
+    ``manual_cast`` (and the fp8 ops built on it, ``comfy_cast_weights = True``) casts each weight to
+    its input's dtype, so fp32 inputs run as fp32 and bf16 (autocast) as bf16. ``disable_weight_init``
+    (bf16 or fp16 weights on CUDA, fp32 anywhere) does not cast: its Linear needs inputs in the weight
+    dtype, or ``F.linear`` raises "mat1 and mat2 must have the same dtype".
+    """
+    lin = dit.img_in
+    if getattr(lin, "comfy_cast_weights", False):
+        return None
+    dt = lin.weight.dtype
+    return dt if dt in (torch.bfloat16, torch.float16) else None
+
+
 class Trainable(nn.Module):
     """What accelerate wraps: the DiT and (for LoRA runs) the adapters, with one forward.
 
@@ -241,6 +257,7 @@ class Trainable(nn.Module):
         else:
             dit.requires_grad_(True)
         self.checkpointing = cfg.model.gradient_checkpointing
+        self.input_dtype = ops_input_dtype(dit)
 
     def _block_patches(self, checkpointing: bool) -> dict:
         """Blocks run through FLUX's own ``patches_replace`` hook (no monkey patching): with copies of
@@ -275,10 +292,13 @@ class Trainable(nn.Module):
         if torch.is_grad_enabled():
             ckpt = self.checkpointing and self.training
             opts["patches_replace"] = {"dit": self._block_patches(ckpt)}
-        g = torch.full((x_in.shape[0],), float(guidance), device=x_in.device, dtype=x_in.dtype)
+        # Ops without manual cast (bf16 weights on CUDA) multiply their weight with what they are fed:
+        # feed them their weight dtype, in training (with or without autocast) and in sampling alike.
+        dt = self.input_dtype or x_in.dtype
+        x_in = x_in.to(dt)
+        g = torch.full((x_in.shape[0],), float(guidance), device=x_in.device, dtype=dt)
         # ComfyUI's Flux: timestep = sigma (model_sampling.timestep for FLUX), embedded x1000 inside.
-        return self.dit(x_in, s.to(x_in.dtype), ctx.to(x_in.dtype), y=pooled.to(x_in.dtype), guidance=g,
-                        transformer_options=opts)
+        return self.dit(x_in, s.to(dt), ctx.to(dt), y=pooled.to(dt), guidance=g, transformer_options=opts)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must store to restore the trained weights."""

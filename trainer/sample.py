@@ -68,7 +68,7 @@ def render_samples(model, cfg: Config, samples, paths: dict, step: int, accelera
                            layout.tokens, cfg.sample.steps, cfg.sample.guidance, cfg.run.seed, device)
         decoded = vae.decode(denormalize_latent(lat.cpu())).float()  # B, H, W, 3
         decoded = to_bchw(decoded.reshape(-1, *decoded.shape[-3:])).clamp(0, 1)
-        original = t["edit"]
+        original = t["image"]  # the edit image (the target for control rows), None for reference generation
         img = crop_back(decoded, canvas.layout, original, t["mask"] if original is not None else None)
         arr = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         path = out_dir / f"step{step:08d}_sample{i}.png"

@@ -15,8 +15,9 @@ from PIL import Image
 
 
 def tiny_flux_file(path: Path, kind: str = "fill", hidden: int = 256, depth: int = 1, depth_single: int = 1,
-                   seed: int = 0) -> Path:
-    """A random BFL-key FLUX file (hidden = 128 x heads; context 64, pooled 768) for ``model.num_heads = 0``.
+                   seed: int = 0, context_dim: int = 64) -> Path:
+    """A random BFL-key FLUX file (hidden = 128 x heads; context 64 or T5-XXL's 4096, pooled 768) for
+    ``model.num_heads = 0``.
 
     Built by the shared ``aceplus_host.tiny_models.flux_state_dict`` (seeded, every weight drawn), in fp32.
     """
@@ -24,9 +25,11 @@ def tiny_flux_file(path: Path, kind: str = "fill", hidden: int = 256, depth: int
 
     from aceplus_host.tiny_models import KINDS, ensure_built, flux_state_dict
 
+    ctx = "" if context_dim == 64 else f"_ctx{context_dim}"
     return ensure_built(path, lambda: flux_state_dict(KINDS[kind], depth=depth, depth_single=depth_single,
-                                                      hidden=hidden, seed=seed, dtype=torch.float32),
-                        f"trainer_tiny_{kind}_h{hidden}_seed{seed}")
+                                                      hidden=hidden, context_dim=context_dim, seed=seed,
+                                                      dtype=torch.float32),
+                        f"trainer_tiny_{kind}_h{hidden}{ctx}_seed{seed}")
 
 
 def _blocks(rng: np.random.Generator, size: int) -> np.ndarray:
