@@ -383,3 +383,11 @@ def test_parity_budget_is_max_tokens(pack):
     small, large = parity_canvas(256), parity_canvas(6144)
     assert small.layout.tokens <= 256 < large.layout.tokens
     assert small.layout.crop_mode == large.layout.crop_mode == "release"  # still the release's fit and crop
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_keep_pixels_rate_of_the_fft_processor_reaches_the_widget(rate, object_info):
+    wf = copy.deepcopy(RELEASED["ACE_Plus_FFT_workflow_referenceediting_generation"])
+    next(n for n in wf["nodes"] if n["type"] == "ACEPlusFFTProcessor")["widgets_values"][4] = rate
+    (cond,) = _by_type(convert(wf).workflow, "ACEPP_Conditioning")
+    assert widget_values(cond, object_info["ACEPP_Conditioning"])["keep_pixels_rate"] == rate
