@@ -9,7 +9,6 @@ channels. The received conditioning is never modified: ``conditioning_set_values
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch

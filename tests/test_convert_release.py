@@ -29,7 +29,7 @@ from PIL import Image
 
 from aceplus_host.convert_release import (EMITTED_NODES, RELEASED_TYPES, ConversionError, NotAReleasedGraph, convert,
                                           load_emitted_nodes)
-from aceplus_host.workflows import check_workflow, input_specs, widget_values
+from aceplus_host.workflows import check_workflow, widget_values
 from released_workflows import EDIT_FILE, FACE_FILE, REF_FILE, RELEASED_GROUP, SPEC_BY_NAME, released_workflows
 from workflow_tools import RELEASED_TO_FIXTURE, for_tiny_models
 
