@@ -36,5 +36,11 @@ if importlib.util.find_spec("comfy_api") is not None:  # inside ComfyUI
             f"{MIN_COMFYUI} or later (with the V3 node API comfy_api.v0_0_2). Please update ComfyUI."
         )
     from .nodes import comfy_entrypoint  # noqa: F401
+    from .nodes.routes import register_routes
 
-    __all__ = ["comfy_entrypoint"]
+    # The front-end extension (web/js): "Convert to ACE++ (this pack)" for released ACE++ graphs,
+    # served by ComfyUI as /extensions/<pack>/js/...; it calls the route registered here.
+    WEB_DIRECTORY = "./web"
+    register_routes()
+
+    __all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -33,7 +33,12 @@ def canvas_spec(repainting_scale: float, reference_fit: str, budget_policy: str,
     spec = CanvasSpec(policy=budget_policy, max_tokens=max_tokens, target_tokens=target_tokens,
                       reference_fit=reference_fit, keep_pixels_rate=float(keep_pixels_rate), aspect_mode=aspect_mode,
                       repainting_scale=None if repainting_scale < 0 else float(repainting_scale), size=(height, width))
-    return spec.release_parity(kind) if release_parity else spec
+    if not release_parity:
+        return spec
+    # The released processors' fit and crop; the budget stays max_tokens, counted as the release counts
+    # it: the LoRA processor spends 2 x its max_seq_length widget (default 3072 -> 6144), the FFT
+    # processor its max_seq_length (3072). The released-workflow converter writes those values.
+    return spec.release_parity(kind).replace(max_tokens=max_tokens)
 
 
 def model_kind_of(model) -> str:
@@ -70,17 +75,25 @@ def start_latent(vae, canvas: Canvas, condition: torch.Tensor, hold_references: 
     """The LATENT to sample from.
 
     Without held references: zeros of the canvas latent size (sampling starts from pure noise).
-    With them: the un-blanked canvas encoded, and a ``noise_mask`` (latent size) that is 0 over the
+    With them: the encoded canvas, and a ``noise_mask`` (latent size) that is 0 over the
     reference cells, so the sampler keeps those latents at ``sigma eps + (1 - sigma) z_ref`` each
     step (ComfyUI's inpaint blend): the model sees the true noised reference, as in training.
     ``concat_mask`` is set explicitly, so this noise mask never reaches the model as its mask.
+
+    No second VAE encode: only the held (reference) cells of this latent matter at full denoise,
+    and there the pixels are the condition's own. Fill: the condition IS ``encode(canvas.image)``.
+    FFT: its edit latent ``encode(canvas * (1 - mask))`` sees the same pixels over the references
+    (mask 0 there); only the modify latent differs. A canvas with a separate ``target`` (training
+    ground truth) is still encoded, since its pixels differ.
     """
     b, _, h, w = condition.shape
     layout = canvas.layout
     if not hold_references or not layout.reference_boxes:
         return {"samples": torch.zeros((b, 16, h, w), dtype=torch.float32)}
-    source = canvas.target if canvas.target is not None else canvas.image
-    samples = compat.vae_encode(vae, to_bhwc(source))
+    if canvas.target is not None:
+        samples = compat.vae_encode(vae, to_bhwc(canvas.target))
+    else:
+        samples = condition[:, :16].clone()  # a copy: the LATENT and the conditioning never share a tensor
     hold = torch.ones((1, 1, h, w), dtype=torch.float32)  # 1 = sample, 0 = keep
     for box in layout.reference_boxes:
         rows, cols = box.scaled(8).slices()
@@ -156,9 +169,10 @@ class Conditioning(io.ComfyNode):
                                  tooltip="Keep the reference area at the encoded references while sampling (noise "
                                          "mask), instead of letting the model redraw it."),
                 io.Boolean.Input("release_parity", default=False,
-                                 tooltip="Reproduce the released ACE++ canvas exactly: official budget (6144 tokens "
-                                         "Fill, 3072 FFT), resize (Fill) / pad (FFT) fit and the release crop (output "
-                                         "smaller than the input). Overrides fit/policy/max_tokens."),
+                                 tooltip="Reproduce the released ACE++ canvas exactly: one budget of max_tokens for "
+                                         "the whole canvas (the release's defaults: 6144 Fill, 3072 FFT), resize "
+                                         "(Fill) / pad (FFT) fit and the release crop (output smaller than the "
+                                         "input). Overrides fit and policy."),
                 io.Float.Input("keep_pixels_rate", default=KEEP_PIXELS_RATE, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="pad fit: a reference at least this fraction of the canvas height is shrunk "
                                        "to it, a shorter one keeps its pixels (the released FFT processor's "

@@ -17,6 +17,12 @@ What gets built and why:
   the released ACE++ LoRAs (all 19 double and 38 single blocks, hidden 3072).
 * ``tiny_lora_r16.safetensors``: the released format restricted to the blocks the
   tiny model has, so it changes the tiny model's output.
+* Redux stand-ins (the FLUX Redux workflows): ``tiny_redux.safetensors``, a random
+  ``ReduxImageEncoder`` (ComfyUI fixes its shape: 1152 -> 12288 -> 4096, 64 M parameters);
+  ``tiny_sigclip.safetensors``, a random SigLIP-so400m/14 at 384 px in the layout
+  ``CLIPVisionLoader`` detects (ComfyUI fixes its config: 27 layers, hidden 1152, 413 M
+  parameters, fp16); ``tiny_fill_t5.safetensors``, the tiny Fill model with a 4096-wide
+  text input, since Redux appends 4096-wide tokens to the text conditioning.
 """
 
 from __future__ import annotations
@@ -39,6 +45,58 @@ from aceplus_host.tiny_models import (  # noqa: E402,F401
 # name -> builder version; a cached file whose metadata holds an older version is rebuilt.
 # tiny_vae v3: weights drawn and calibrated (v1 kept ComfyUI's uninitialised memory: NaN latents).
 FILE_VERSIONS = {"tiny_vae": TINY_VAE_VERSION}
+
+
+REDUX_CONTEXT_DIM = 4096  # Redux's token width = T5-XXL's
+
+
+def redux_state_dict(seed: int = 11) -> dict:
+    """Random weights for ComfyUI's ``ReduxImageEncoder`` (what ``StyleModelLoader`` builds for Redux)."""
+    return _random_like(_meta_state_dict("redux"), seed)
+
+
+def sigclip_state_dict(seed: int = 12) -> dict:
+    """Random weights in the SigLIP 384 layout ``comfy.clip_vision`` detects (layer 22 present, hidden 1152,
+    729 positions)."""
+    return _random_like(_meta_state_dict("sigclip"), seed)
+
+
+def _meta_state_dict(which: str) -> dict:
+    import json
+
+    import torch
+
+    import comfy.ops
+
+    with torch.device("meta"):
+        if which == "redux":
+            from comfy.ldm.flux.redux import ReduxImageEncoder
+
+            return ReduxImageEncoder().state_dict()
+        import comfy.clip_model
+        import comfy.clip_vision
+
+        config = Path(comfy.clip_vision.__file__).with_name("clip_vision_siglip_384.json")
+        model = comfy.clip_model.CLIPVisionModelProjection(json.loads(config.read_text()), torch.float16, "meta",
+                                                          comfy.ops.disable_weight_init)
+        return model.state_dict()
+
+
+def _random_like(meta: dict, seed: int) -> dict:
+    """Normal(0, 1/fan_in) weights, unit norms, zero biases, in fp16 (one tensor at a time: modest memory)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, t in meta.items():
+        if "norm" in key and key.endswith("weight"):
+            out[key] = torch.ones(t.shape, dtype=torch.float16)
+        elif key.endswith("bias"):
+            out[key] = torch.zeros(t.shape, dtype=torch.float16)
+        else:
+            fan_in = int(torch.tensor(t.shape[1:]).prod()) if t.dim() > 1 else 1
+            out[key] = (torch.randn(t.shape, generator=gen) / fan_in ** 0.5).to(torch.float16)
+    return out
 
 
 def fixtures_dir() -> Path:
@@ -65,13 +123,17 @@ def ensure_fixtures() -> dict[str, Path]:
         "released_lora_r16": lambda: lora_state_dict(16, seed=16),
         "released_lora_r64": lambda: lora_state_dict(64, seed=64),
         "tiny_lora_r16": lambda: lora_state_dict(16, double_blocks=1, single_blocks=0, seed=7, scale=0.5),
+        "tiny_fill_t5": lambda: flux_state_dict(KINDS["fill"], context_dim=REDUX_CONTEXT_DIM, seed=1),
+        "tiny_redux": redux_state_dict,
+        "tiny_sigclip": sigclip_state_dict,
     }
     paths = {name: ensure_built(root / f"{name}.safetensors", build, name, FILE_VERSIONS.get(name, 1))
              for name, build in builders.items()}
     stamp.write_text(str(FIXTURE_VERSION))
     models = root / "models"
-    layout = {"diffusion_models": ["tiny_fill", "tiny_fft", "tiny_dev"], "vae": ["tiny_vae"],
-              "loras": ["released_lora_r16", "released_lora_r64", "tiny_lora_r16"]}
+    layout = {"diffusion_models": ["tiny_fill", "tiny_fft", "tiny_dev", "tiny_fill_t5"], "vae": ["tiny_vae"],
+              "loras": ["released_lora_r16", "released_lora_r64", "tiny_lora_r16"],
+              "style_models": ["tiny_redux"], "clip_vision": ["tiny_sigclip"]}
     for folder, names in layout.items():
         (models / folder).mkdir(parents=True, exist_ok=True)
         for name in names:

@@ -71,9 +71,9 @@ def edit_inputs(batch: int = 1, seed: int = 0):
 
 
 def run_conditioning(pack, model, vae, *, image=None, mask=None, reference=None, more=None, task="repainting",
-                     parity=False, hold=True, width=1024, height=1024, **optional):
+                     parity=False, hold=True, width=1024, height=1024, max_tokens=8192, **optional):
     node = pack.nodes.conditioning.Conditioning
-    return node.execute(text_cond(0), text_cond(1), vae, model, task, -1.0, "pad", "target_first", 8192, 4096,
+    return node.execute(text_cond(0), text_cond(1), vae, model, task, -1.0, "pad", "target_first", max_tokens, 4096,
                         width, height, 50.0, "crop", hold, parity, edit_image=image, mask=mask, reference=reference,
                         more_references=more, **optional).args
 
@@ -300,7 +300,7 @@ def test_release_parity_reproduces_the_official_canvas(pack, core, fill_model, f
     for model, kind, fit, budget, crop in ((fill_model, "fill", "resize", 6144, "release"),
                                            (fft_model, "fft", "pad", 3072, "release_fft")):
         pos, _, latent, bundle, canvas_img = run_conditioning(pack, model, vae, image=image, mask=mask, reference=ref,
-                                                              parity=True)
+                                                              parity=True, max_tokens=budget)
         spec = core.CanvasSpec(policy="official", reference_fit=fit, max_tokens=budget, crop_mode=crop)
         want = core.build_canvas(core.to_bchw(image), core.mask_to_b1hw(mask), [core.to_bchw(ref)], spec)
         assert bundle.layout == want.layout, kind

@@ -46,11 +46,14 @@ EXPECTED = {  # the issue's list -> at least these files
     "multi-reference generation": "ace_multi_reference_generation",
     "FFT reference editing": "ace_reference_editing_fft",
     "low-VRAM variant": "ace_reference_editing_low_vram",
+    "reference generation with FLUX Redux": "ace_redux_reference_generation",
+    "reference editing with FLUX Redux": "ace_redux_reference_editing",
 }
 FOLDER_OF = {"flux1-fill-dev.safetensors": "diffusion_models", "ace_plus_fft.safetensors": "diffusion_models",
              "comfyui_subject_lora16.safetensors": "loras", "comfyui_portrait_lora64.safetensors": "loras",
              "comfyui_local_lora16.safetensors": "loras", "clip_l.safetensors": "text_encoders",
-             "t5xxl_fp16.safetensors": "text_encoders", "ae.safetensors": "vae"}
+             "t5xxl_fp16.safetensors": "text_encoders", "ae.safetensors": "vae",
+             "flux1-redux-dev.safetensors": "style_models", "sigclip_vision_patch14_384.safetensors": "clip_vision"}
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,12 @@ RELEASED_TO_FIXTURE = {
     "comfyui_portrait_lora64.safetensors": "tiny_lora_r16.safetensors",
     "comfyui_local_lora16.safetensors": "tiny_lora_r16.safetensors",
     "ae.safetensors": "tiny_vae.safetensors",
+    "flux1-redux-dev.safetensors": "tiny_redux.safetensors",
+    "sigclip_vision_patch14_384.safetensors": "tiny_sigclip.safetensors",
 }
+# Redux appends 4096-wide tokens to the text conditioning: a graph with it gets the tiny Fill model with a
+# 4096-wide text input and 4096-wide stand-in text.
+REDUX_FILL, REDUX_TEXT_DIM = "tiny_fill_t5.safetensors", 4096
 TEXT_ENCODER_FILES = ("clip_l.safetensors", "t5xxl_fp16.safetensors")
 RELEASED_FILES = tuple(RELEASED_TO_FIXTURE) + TEXT_ENCODER_FILES
 
@@ -54,14 +59,20 @@ def for_tiny_models(workflow: dict, object_info: dict) -> dict:
 
     Model file names become the tiny fixtures; every CLIPTextEncode becomes the test-only
     ``ACEPPTest_RandomConditioning`` with the same text (T5-XXL cannot be shrunk), and the
-    DualCLIPLoader it read from is dropped. Nothing else changes.
+    DualCLIPLoader it read from is dropped. A graph with FLUX Redux (StyleModelApply) gets the
+    Fill stand-in with a 4096-wide text input and 4096-wide stand-in text, the width of Redux's
+    tokens. Nothing else changes.
     """
-    prompt = replace_values(ui_to_api(workflow, object_info), RELEASED_TO_FIXTURE)
+    api = ui_to_api(workflow, object_info)
+    redux = any(node["class_type"] == "StyleModelApply" for node in api.values())
+    mapping = dict(RELEASED_TO_FIXTURE, **({"flux1-fill-dev.safetensors": REDUX_FILL} if redux else {}))
+    prompt = replace_values(api, mapping)
     dropped = set()
     for nid, node in list(prompt.items()):
         if node["class_type"] == "CLIPTextEncode":
             prompt[nid] = {"class_type": "ACEPPTest_RandomConditioning",
-                           "inputs": {"text": node["inputs"]["text"], "tokens": 8}}
+                           "inputs": {"text": node["inputs"]["text"], "tokens": 8} |
+                           ({"dim": REDUX_TEXT_DIM} if redux else {})}
         elif node["class_type"] == "DualCLIPLoader":
             dropped.add(nid)
             del prompt[nid]

@@ -34,7 +34,9 @@ LOCAL_LORA = "comfyui_local_lora16.safetensors"
 CLIP_L = "clip_l.safetensors"
 T5 = "t5xxl_fp16.safetensors"
 VAE = "ae.safetensors"
-RELEASED_FILES = (FILL, FFT, SUBJECT_LORA, PORTRAIT_LORA, LOCAL_LORA, CLIP_L, T5, VAE)
+REDUX = "flux1-redux-dev.safetensors"  # black-forest-labs/FLUX.1-Redux-dev
+SIGCLIP = "sigclip_vision_patch14_384.safetensors"  # the SigLIP vision encoder Redux reads
+RELEASED_FILES = (FILL, FFT, SUBJECT_LORA, PORTRAIT_LORA, LOCAL_LORA, CLIP_L, T5, VAE, REDUX, SIGCLIP)
 STEPS, GUIDANCE = 28, 50.0  # the release's defaults
 
 FOLDERS = f"""**Model files** (ComfyUI/models/...):
@@ -188,9 +190,9 @@ def common(g: Graph, prompt: str, model: str = FILL, lora: str | None = SUBJECT_
 
 def finish(g: Graph, c: Common, name: str, *, edit: Node | None = None, mask: bool = True,
            reference: Node | None = None, more: Node | None = None, control: Node | None = None,
-           seed: int = 42, **cond_widgets) -> Node:
+           seed: int = 42, positive: Node | None = None, **cond_widgets) -> Node:
     cond = g.add("ACEPP_Conditioning", (X_COND, 0), guidance=GUIDANCE, **cond_widgets)
-    g.connect(c.positive, 0, cond, "positive")
+    g.connect(positive or c.positive, 0, cond, "positive")
     g.connect(c.negative, 0, cond, "negative")
     g.connect(c.vae, 0, cond, "vae")
     g.connect(c.loader, 0, cond, "model")
@@ -230,7 +232,8 @@ def note_text(title: str, what: str, models: str, inputs: str) -> str:
 
 def models_line(*files: str) -> str:
     where = {FILL: "diffusion_models", FFT: "diffusion_models", SUBJECT_LORA: "loras", PORTRAIT_LORA: "loras",
-             LOCAL_LORA: "loras", CLIP_L: "text_encoders", T5: "text_encoders", VAE: "vae"}
+             LOCAL_LORA: "loras", CLIP_L: "text_encoders", T5: "text_encoders", VAE: "vae",
+             REDUX: "style_models", SIGCLIP: "clip_vision"}
     lines = [f"- `models/{where[f]}/{f}`" for f in files + (CLIP_L, T5, VAE)]
     return "**Models** (ComfyUI/models/...):\n" + "\n".join(lines)
 
@@ -382,6 +385,56 @@ def multi_reference(info: dict) -> dict:
     return g.to_ui()
 
 
+def redux(g: Graph, c: Common, reference: Node, strength: float, strength_type: str) -> Node:
+    """FLUX Redux style conditioning from ``reference`` on the instruction, with stock nodes (as released)."""
+    style = g.add("StyleModelLoader", (X_TEXT, 1080), style_model_name=REDUX)
+    vision = g.add("CLIPVisionLoader", (X_TEXT, 1200), clip_name=SIGCLIP)
+    encode = g.add("CLIPVisionEncode", (X_COND, 760), crop="center")
+    apply = g.add("StyleModelApply", (X_COND, 880), title="Redux style (on the instruction)", strength=strength,
+                  strength_type=strength_type)
+    g.connect(vision, 0, encode, "clip_vision")
+    g.connect(reference, "IMAGE", encode, "image")
+    g.connect(c.positive, 0, apply, "conditioning")
+    g.connect(style, 0, apply, "style_model")
+    g.connect(encode, 0, apply, "clip_vision_output")
+    return apply
+
+
+REDUX_WHAT = (" The reference also reaches the instruction through FLUX Redux (stock Load Style Model, Load CLIP "
+              "Vision, CLIP Vision Encode, Apply Style Model), as in the released Redux graphs: `strength` on Apply "
+              "Style Model sets how much of the reference's look goes into the text conditioning.")
+
+
+def redux_generation(info: dict) -> dict:
+    g, c = start(info, ("ACE++ reference generation + FLUX Redux",
+                        "Generates a new picture of the person in the reference (FLUX.1-Fill-dev + the ACE++ "
+                        "portrait LoRA)." + REDUX_WHAT + " The released graph's values: strength 0.2, attn_bias.",
+                        models_line(FILL, PORTRAIT_LORA, REDUX, SIGCLIP),
+                        "**Change:** the reference (a clear face), the instruction, the Redux strength, and "
+                        "width/height."),
+                 "Maintain the facial features. A photo of this person reading a book in a cosy cafe, warm light.",
+                 440, lora=PORTRAIT_LORA)
+    ref = load_image(g, "acepp_portrait_face.png", (X_TEXT, 340), "Reference (face)")
+    apply = redux(g, c, ref, 0.2, "attn_bias")
+    finish(g, c, "redux_generation", reference=ref, positive=apply)
+    return g.to_ui()
+
+
+def redux_editing(info: dict) -> dict:
+    g, c = start(info, ("ACE++ reference editing + FLUX Redux",
+                        "Pastes the reference into the masked area of the edit image (FLUX.1-Fill-dev + the ACE++ "
+                        "subject LoRA)." + REDUX_WHAT + " The released graph's values: strength 1.0, multiply.",
+                        models_line(FILL, SUBJECT_LORA, REDUX, SIGCLIP),
+                        "**Change:** the edit image and its mask (right-click the Load Image node > Open in "
+                        "MaskEditor), the reference, the instruction and the Redux strength."),
+                 "The logo is printed on the front of the white T-shirt.", 440, lora=SUBJECT_LORA)
+    edit = load_image(g, "acepp_shirt_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
+    ref = load_image(g, "acepp_logo.png", (X_TEXT, 710), "Reference (logo)")
+    apply = redux(g, c, ref, 1.0, "multiply")
+    finish(g, c, "redux_edit", edit=edit, reference=ref, positive=apply)
+    return g.to_ui()
+
+
 WORKFLOWS = {
     "ace_subject_generation": subject_generation,
     "ace_portrait_generation": portrait_generation,
@@ -391,6 +444,8 @@ WORKFLOWS = {
     "ace_multi_reference_generation": multi_reference,
     "ace_reference_editing_fft": lambda info: reference_editing(info, fft=True),
     "ace_reference_editing_low_vram": lambda info: reference_editing(info, low_vram=True),
+    "ace_redux_reference_generation": redux_generation,
+    "ace_redux_reference_editing": redux_editing,
 }
 
 

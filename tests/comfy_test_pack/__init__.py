@@ -18,15 +18,17 @@ class RandomConditioning:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"text": ("STRING", {"default": "", "multiline": True}),
-                             "tokens": ("INT", {"default": 8, "min": 1, "max": 512})}}
+                             "tokens": ("INT", {"default": 8, "min": 1, "max": 512})},
+                # 4096 (T5-XXL's width) where Redux appends its tokens; the model must match (tiny_fill_t5)
+                "optional": {"dim": ("INT", {"default": CONTEXT_DIM, "min": 1, "max": 4096})}}
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "testing"
 
-    def encode(self, text, tokens):
+    def encode(self, text, tokens, dim=CONTEXT_DIM):
         gen = torch.Generator().manual_seed(zlib.crc32(text.encode()))
-        cond = torch.randn(1, tokens, CONTEXT_DIM, generator=gen)
+        cond = torch.randn(1, tokens, dim, generator=gen)
         pooled = torch.randn(1, POOLED_DIM, generator=gen)
         return ([[cond, {"pooled_output": pooled}]],)
 

@@ -1,0 +1,137 @@
+"""The front-end action converts released ACE++ graphs in place, to the same graph as the CLI.
+
+In the real front end (comfyui-frontend-package, headless Chromium; see test_workflows_frontend):
+opening each of the nine released graphs (rebuilt from ``released_workflows.py``) shows the
+"Convert to ACE++ (this pack)" bar; clicking it replaces the graph in its tab. The result has no
+missing or erroring node, has the CLI's nodes, links and widget values, and the front end's own
+``graphToPrompt`` equals our converter's prompt. The command does the same for the open graph, and a
+graph without released nodes gets no bar and a message, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from aceplus_host.convert_release import RELEASED_TYPES, convert
+from aceplus_host.workflows import strip_meta, ui_to_api
+from released_workflows import released_workflows
+from test_convert_release import _images, as_loaded
+from test_workflows_frontend import _dialogs, frontend_server, page  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.server
+
+RELEASED = released_workflows()
+LABEL = "Convert to ACE++ (this pack)"
+SCREENSHOT_OF = "ACE_Plus_LoRA_workflow_reference_editing"  # the README gallery's converted graph
+GRAPH_STATE = ("() => { const g = app.graph.serialize(); return {types: g.nodes.map(n => [n.id, n.type]), "
+               "links: g.links.map(l => Array.isArray(l) ? l.slice(0, 5) : [l.id, l.origin_id, l.origin_slot, "
+               "l.target_id, l.target_slot]), widgets: Object.fromEntries(g.nodes.map(n => [n.id, n.widgets_values ?? "
+               "null])), groups: g.groups.map(gr => gr.title)} }")
+
+
+@pytest.fixture(scope="module")
+def inputs(frontend_server):  # noqa: F811
+    for name, array in _images().items():
+        Image.fromarray(array).save(frontend_server.base_dir / "input" / name)
+    return frontend_server
+
+
+def _load(page, wf):  # noqa: F811
+    page.console.take()
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf, true, true, null) }", wf)
+    page.wait_for_timeout(500)
+
+
+def _expected(name: str, object_info: dict) -> tuple[dict, dict]:
+    converted = as_loaded(convert(RELEASED[name]).workflow, object_info)
+    links = sorted(lk[:5] for lk in converted["links"])
+    state = {"types": sorted([n["id"], n["type"]] for n in converted["nodes"]), "links": links,
+             "widgets": {str(n["id"]): n.get("widgets_values") for n in converted["nodes"]},
+             "groups": [g["title"] for g in converted["groups"]]}
+    return state, strip_meta(ui_to_api(converted, object_info))
+
+
+def _state(page) -> dict:  # noqa: F811
+    got = page.evaluate(GRAPH_STATE)
+    return {"types": sorted(got["types"]), "links": sorted(got["links"]), "widgets": got["widgets"],
+            "groups": got["groups"]}
+
+
+def _check_converted(page, name: str, object_info: dict) -> None:  # noqa: F811
+    types = page.evaluate("() => app.graph._nodes.map(n => n.type)")
+    assert not set(types) & set(RELEASED_TYPES)
+    bad = page.evaluate("() => app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type] || n.has_errors)"
+                        ".map(n => [n.id, n.type])")
+    assert bad == []
+    assert not [d for d in _dialogs(page) if "missing" in d.lower()], _dialogs(page)
+    want_state, want_prompt = _expected(name, object_info)
+    assert _state(page) == want_state
+    front = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert strip_meta(front) == want_prompt
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_opening_a_released_graph_offers_the_conversion_and_it_matches_the_cli(name, page, inputs):  # noqa: F811
+    _load(page, RELEASED[name])
+    assert any("missing" in d.lower() for d in _dialogs(page)), "the released nodes are missing here"
+    button = page.get_by_role("button", name=LABEL)
+    button.wait_for(timeout=10_000)
+    button.click()
+    page.wait_for_function(f"() => !app.graph._nodes.some(n => {json.dumps(list(RELEASED_TYPES))}.includes(n.type))",
+                           timeout=30_000)
+    page.wait_for_timeout(400)
+    assert page.locator("#acepp-convert-release-bar").count() == 0
+    _check_converted(page, name, inputs.object_info())
+    if name == SCREENSHOT_OF:
+        _screenshot(page, "converted_release_reference_editing")
+    errors = page.console.take()
+    assert errors == [], errors
+
+
+def _screenshot(page, stem: str) -> None:  # noqa: F811
+    """The README gallery's picture of a converted graph (docs/images/workflows only with ACEPP_UPDATE_SCREENSHOTS=1)."""
+    import os
+
+    from aceplus_host import cache_dir
+    from test_workflows_frontend import _save_screenshot
+    from workflow_tools import SCREENSHOTS
+
+    page.evaluate("() => { const c = app.canvas; const b = app.graph._nodes.reduce((a, n) => [Math.min(a[0], n.pos[0]),"
+                  " Math.min(a[1], n.pos[1] - 40), Math.max(a[2], n.pos[0] + n.size[0]), Math.max(a[3], n.pos[1] +"
+                  " n.size[1])], [1e9, 1e9, -1e9, -1e9]); c.ds.fitToBounds([b[0], b[1], b[2] - b[0], b[3] - b[1]]);"
+                  " c.setDirty(true, true); }")
+    page.wait_for_timeout(400)
+    page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = 'hidden')")
+    png = page.locator("#graph-canvas-container").screenshot()
+    page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = '')")
+    folder = SCREENSHOTS if os.environ.get("ACEPP_UPDATE_SCREENSHOTS") == "1" else cache_dir() / "screenshots"
+    _save_screenshot(png, folder / f"{stem}.png")
+
+
+def test_the_command_converts_the_open_graph(page, inputs):  # noqa: F811
+    name = "ACE_Plus_LoRA_workflow_redux_reference_editing"
+    _load(page, RELEASED[name])
+    page.evaluate("() => document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click())")
+    result = page.evaluate("async () => await app.extensionManager.command.execute('ACEPP.ConvertReleasedWorkflow')")
+    del result
+    page.wait_for_function("() => app.graph._nodes.some(n => n.type === 'ACEPP_Conditioning')", timeout=30_000)
+    _check_converted(page, name, inputs.object_info())
+    page.console.take()
+
+
+def test_a_graph_without_released_nodes_gets_no_offer_and_stays(page, inputs):  # noqa: F811
+    from test_workflows_convert import txt2img_workflow
+
+    _load(page, txt2img_workflow())
+    assert page.locator("#acepp-convert-release-bar").count() == 0
+    before = _state(page)
+    message = page.evaluate("async () => { const r = await fetch('/acepp/convert_release', {method: 'POST', "
+                            "body: JSON.stringify({workflow: app.graph.serialize()})}); return [r.status, await r.json()] }")
+    assert message[0] == 400 and "nothing to convert" in message[1]["error"]
+    page.evaluate("async () => await app.extensionManager.command.execute('ACEPP.ConvertReleasedWorkflow')")
+    page.wait_for_timeout(500)
+    assert _state(page) == before
+    page.console.take()
