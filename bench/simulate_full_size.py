@@ -544,8 +544,9 @@ def lora_specs(base: Spec) -> list[Spec]:
     return specs
 
 
-def all_specs(depth: tuple[int, int], img_tokens: int, hidden: int, heads: int) -> list[Spec]:
-    base = Spec(name="", depth=depth[0], single=depth[1], hidden=hidden, heads=heads, img_tokens=img_tokens)
+def all_specs(depth: tuple[int, int], img_tokens: int, hidden: int, heads: int, txt_tokens: int = 512) -> list[Spec]:
+    base = Spec(name="", depth=depth[0], single=depth[1], hidden=hidden, heads=heads, img_tokens=img_tokens,
+                txt_tokens=txt_tokens)
     specs = lora_specs(base)
     specs.append(replace(base, name=f"fft_lora_r64_fp8_{img_tokens}", kind="fft"))
     specs.append(replace(base, name=f"full_ft_fsdp8_{img_tokens}", rank=0, base="fp32", optim="adamw", shard=8))
@@ -616,6 +617,7 @@ def main(argv=None) -> int:
                    help="double and single blocks (default 19 38 = FLUX.1)")
     p.add_argument("--hidden", type=int, default=FULL["hidden"])
     p.add_argument("--img-tokens", type=int, default=8192, help="canvas tokens (8192 = 1024 target + 1024 ref)")
+    p.add_argument("--txt-tokens", type=int, default=512, help="T5 tokens (512 = the trainer's cache)")
     p.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     p.add_argument("--no-search", action="store_true", help="skip the largest-canvas search (16 and 24 GB)")
     args = p.parse_args(argv)
@@ -624,14 +626,15 @@ def main(argv=None) -> int:
     import torch
 
     heads = args.hidden // 128
-    specs = all_specs(tuple(args.depth), args.img_tokens, args.hidden, heads)
+    specs = all_specs(tuple(args.depth), args.img_tokens, args.hidden, heads, args.txt_tokens)
     wanted = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(wanted) - {s.name for s in specs})
     if unknown:
         p.error(f"unknown row(s) {unknown}; rows: {[s.name for s in specs]}")
     results = {}
-    log.info("torch %s, depth %d + %d, hidden %d, %d image + 512 text tokens; margin %.1f GiB + %.0f%%",
-             torch.__version__, args.depth[0], args.depth[1], args.hidden, args.img_tokens, MARGIN_FIXED_GIB,
+    log.info("torch %s, depth %d + %d, hidden %d, %d image + %d text tokens; margin %.1f GiB + %.0f%%",
+             torch.__version__, args.depth[0], args.depth[1], args.hidden, args.img_tokens, args.txt_tokens,
+             MARGIN_FIXED_GIB,
              100 * MARGIN_FRACTION)
     for spec in specs:
         if wanted and spec.name not in wanted:
