@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# One prepared check for the day a GPU is lent (target: under 8 minutes on one H100 / H200).
+#
+#   bench/gpu_check.sh             # CUDA: full size (19 + 38 blocks, hidden 3072, 8192 + 512 tokens)
+#   bench/gpu_check.sh --dry-run   # CPU, 1 + 1 blocks, 128 image + 16 text tokens: the same steps and
+#                                  # table, so the script does not rot (tests/test_gpu_check.py runs it)
+#
+# Steps (each under its own time limit; a failed step is reported in the table, the others still run):
+#   1. simulation of the same rows on the CPU (bench/simulate_full_size.py, in the background);
+#   2. one full-size LoRA step at 8192 image tokens, rank 64, fp32 AdamW, fp8 base and bf16 base
+#      (bench/bench_train.py --full-size-cuda): s/step, max_memory_allocated, MFU on the measured bf16 rate;
+#   3. the full-size inference ratio, ACE++ nodes / stock Fill graph (bench/bench_inference.py --full-size-cuda);
+#   4. the trainer's dtype paths on CUDA, sample rendering included
+#      (tests/test_trainer_run.py -k mixed_precision_and_fp8_base: bf16 autocast, fp8 base, both).
+# Then one table: measured peak next to the simulated live-tensor peak (margin excluded) and their ratio.
+#
+# Environment: PYTHON (default: python), GPU_CHECK_OUT (folder for the logs; default: a new temp folder).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${GPU_CHECK_OUT:-$(mktemp -d -t gpu_check.XXXXXX)}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+DRY=0
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: bench/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+
+if [[ $DRY == 1 ]]; then
+  TOKENS=128 TEXT=16
+  SIM_ARGS=(--depth 1 1 --img-tokens $TOKENS --txt-tokens $TEXT)
+  TRAIN_ARGS=(--device cpu --depth 1 --depth-single 1 --height 128 --width 256 --text-tokens $TEXT --steps 1)
+  INFER_CMD=("$PY" bench/bench_inference.py --steps 1 --repeats 1)
+  PYTEST_EXTRA=(--collect-only)   # CPU CI already runs these tests; here: the selection still exists
+  LIMIT=600
+else
+  if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); use --dry-run on a CPU machine" >&2
+    exit 2
+  fi
+  TOKENS=8192 TEXT=512
+  SIM_ARGS=()
+  TRAIN_ARGS=(--steps 3)
+  INFER_CMD=("$PY" bench/bench_inference.py --full-size-cuda --steps 4 --repeats 1)
+  PYTEST_EXTRA=()
+  LIMIT=150
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+fi
+echo "gpu_check: logs in $OUT (dry run: $DRY)"
+START=$(date +%s)
+
+SIM_ROWS="lora_r64_fp8_adamw32_${TOKENS},lora_r64_bf16_adamw32_${TOKENS}"
+"$PY" bench/simulate_full_size.py "${SIM_ARGS[@]}" --rows "$SIM_ROWS" >"$OUT/sim.json" 2>"$OUT/sim.log" &
+SIM_PID=$!
+
+for base in fp8_e4m3fn bf16; do
+  timeout $LIMIT "$PY" bench/bench_train.py --full-size-cuda --rank 64 --base-dtype $base "${TRAIN_ARGS[@]}" \
+    >"$OUT/train_$base.log" 2>&1
+  echo "train $base: exit $? ($(( $(date +%s) - START )) s)"
+done
+timeout $LIMIT "${INFER_CMD[@]}" >"$OUT/inference.log" 2>&1
+echo "inference: exit $? ($(( $(date +%s) - START )) s)"
+timeout $LIMIT "$PY" -m pytest -q tests/test_trainer_run.py -k mixed_precision_and_fp8_base "${PYTEST_EXTRA[@]}" \
+  >"$OUT/dtype_paths.log" 2>&1
+echo "dtype paths: exit $? ($(( $(date +%s) - START )) s)"
+wait $SIM_PID
+echo "simulation: exit $? ($(( $(date +%s) - START )) s)"
+
+"$PY" - "$OUT" "$TOKENS" "$DRY" <<'EOF'
+import ast, json, re, sys
+from pathlib import Path
+
+out, tokens, dry = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+
+
+def last_json(path):
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.lstrip().startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+
+
+sim = last_json(out / "sim.json") or {}
+sim_live = {}
+for line in (out / "sim.log").read_text().splitlines() if (out / "sim.log").exists() else []:
+    m = re.match(r"(\S+): peak ([\d.]+) GiB \(([\d.]+) with margin\)", line)
+    if m:
+        sim_live[m.group(1)] = float(m.group(2))
+rows = []
+for base, short in (("fp8_e4m3fn", "fp8"), ("bf16", "bf16")):
+    r = last_json(out / f"train_{base}.log")
+    name = f"lora_r64_{short}_adamw32_{tokens}"
+    s_live = sim_live.get(name)
+    if r is None:
+        rows.append((f"train {base}", "FAILED (see train_%s.log)" % base, "", "", "", ""))
+        continue
+    meas = r.get("peak_mem_gib")
+    ratio = f"{s_live / meas:.3f}" if meas and s_live else "-"
+    mfu = f"{r['mfu']:.2f}" if "mfu" in r else "-"
+    rows.append((f"train {base} r64 {r['tokens_image']}+{r['tokens_text']}", f"{r['s_per_step']:.2f}",
+                 f"{meas:.2f}" if meas else f"RSS {r.get('peak_rss_mb', 0) / 1024:.2f}",
+                 f"{s_live:.2f}" if s_live else "-", ratio, mfu))
+inf = {}
+for line in (out / "inference.log").read_text().splitlines() if (out / "inference.log").exists() else []:
+    if line.startswith("ratio: "):
+        try:
+            inf = ast.literal_eval(line[len("ratio: "):])
+        except (ValueError, SyntaxError):
+            pass
+rows.append(("inference nodes/stock", f"{inf.get('ratio', float('nan')):.3f}" if inf else "FAILED", "", "", "", ""))
+dtype_log = (out / "dtype_paths.log").read_text() if (out / "dtype_paths.log").exists() else ""
+tail = [ln for ln in dtype_log.splitlines() if ln.strip()][-1:] or ["no output"]
+rows.append(("trainer dtype paths (pytest)", tail[0], "", "", "", ""))
+print()
+print("| check | s/step or result | measured peak GiB | simulated live peak GiB | sim / measured | MFU |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+if dry:
+    print("(dry run: CPU, 1 + 1 blocks; measured = process peak RSS, not comparable with the simulation)")
+print("simulated (with margin):", json.dumps(sim))
+EOF
+echo "gpu_check: done in $(( $(date +%s) - START )) s; logs in $OUT"

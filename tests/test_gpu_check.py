@@ -1,0 +1,33 @@
+"""bench/gpu_check.sh in its CPU dry-run mode (1 + 1 blocks, 128 image tokens): every step runs and
+the comparison table comes out, so the script is ready the day a GPU is lent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_dry_run(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_OUT": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    for step in ("train fp8_e4m3fn: exit 0", "train bf16: exit 0", "inference: exit 0", "dtype paths: exit 0",
+                 "simulation: exit 0"):
+        assert step in out, (step, out[-3000:])
+    table = [ln for ln in out.splitlines() if ln.startswith("| ")]
+    assert table[0].startswith("| check | s/step or result | measured peak GiB | simulated live peak GiB")
+    rows = {ln.split(" | ")[0][2:]: ln for ln in table[2:]}
+    assert "train fp8_e4m3fn r64 128+16" in rows and "train bf16 r64 128+16" in rows, rows
+    assert "FAILED" not in out, out[-3000:]
+    # the simulated rows for the same shapes came out
+    assert "lora_r64_fp8_adamw32_128" in out and "lora_r64_bf16_adamw32_128" in out
+    inference = rows["inference nodes/stock"].split(" | ")[1]
+    assert float(inference) > 0
+    assert "3 tests collected" in rows["trainer dtype paths (pytest)"] or "collected" in rows[
+        "trainer dtype paths (pytest)"], rows

@@ -1,0 +1,182 @@
+"""The full-size simulation (bench/simulate_full_size.py) checked against real runs at reduced size.
+
+The simulation runs the trainer's step on fake tensors and counts live storages. Here the same step
+(1 double + 1 single block; hidden 256 and 512 + 32 tokens so it also runs for real on the CPU) runs
+twice: on fake tensors and on real ones, each under the same live-storage tracker.
+
+- Peak: the fake run's peak within ``PEAK_TOLERANCE`` (2 %) of the real run's live-tensor peak.
+- FLOPs: ``FlopCounterMode``'s count (what the report prints) equals, exactly, a hand count made
+  from the Python-level calls: 2 n in out per ``F.linear`` call, plus the same again for each of the
+  input and the weight that needs a gradient (not counted again for calls made by checkpointing's
+  recompute inside backward); ``4 b h L S d`` per SDPA call, plus ``10 b h L S d`` for its backward
+  (flash backward: scores recomputed, then dV, dP, dQ, dK: five matmuls of ``2 b h L S d``).
+
+Each check runs in a child process: ComfyUI picks its attention function at import, and the
+simulation needs PyTorch SDPA (what ComfyUI uses on CUDA), not the CPU sub-quadratic path the
+other tests' ComfyUI import picks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PEAK_TOLERANCE = 0.02
+
+CHILD = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, "bench")
+    import simulate_full_size as S
+    S.import_comfy_sdpa()
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    def in_backward():
+        return torch._C._current_graph_task_id() != -1
+
+    class HandFlops(TorchFunctionMode):
+        """Independent FLOP count from the Python-level calls (see the test module's docstring)."""
+        BLOCKS = ("DoubleStreamBlock", "SingleStreamBlock")
+
+        def __init__(self):
+            super().__init__()
+            self.total, self.in_block = 0, 0
+            from torch.nn.modules.module import (register_module_forward_hook,
+                                                 register_module_forward_pre_hook)
+            # only outside backward: checkpointing's recompute stops early (an exception inside the
+            # block), so a block entered there may never report its exit
+            def pre(mod, args):
+                self.in_block += type(mod).__name__ in self.BLOCKS and not in_backward()
+            def post(mod, args, out):
+                self.in_block -= type(mod).__name__ in self.BLOCKS and not in_backward()
+            self.hooks = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            # per-block checkpointing: every block's forward runs again inside backward (counted here
+            # as a second forward of each call made inside a block; a call seen inside backward is
+            # that recompute and is not counted twice)
+            passes = 2 if self.in_block else 1
+            grad = torch.is_grad_enabled() and not in_backward()
+            if func is F.linear and grad:
+                x, w = args[0], args[1]
+                f = 2 * (x.numel() // x.shape[-1]) * w.shape[1] * w.shape[0]
+                self.total += f * (passes + int(x.requires_grad) + int(w.requires_grad))
+            elif func is F.scaled_dot_product_attention and grad:
+                q, k, v = args[:3]
+                b, h, L, d = q.shape
+                f = 2 * b * h * L * k.shape[-2] * d  # one of its matmuls (QK^T or PV)
+                self.total += 2 * f * passes + (5 * f if q.requires_grad or k.requires_grad or v.requires_grad else 0)
+            return func(*args, **kwargs)
+
+    out = {}
+    for name, kw in json.loads(sys.argv[1]).items():
+        spec = S.Spec(name=name, depth=1, single=1, hidden=256, heads=2, img_tokens=512, txt_tokens=32, **kw)
+        fake = S.run_step(spec, fake=True, steps=2)
+        hand = HandFlops()
+        with hand:
+            real = S.run_step(spec, fake=False, steps=2)
+        out[name] = {"fake": fake, "real": real, "hand_flops_per_step": hand.total // 2}
+    sys.stdout.write("RESULT " + json.dumps(out) + "\\n")
+''')
+
+CASES = {
+    # the published row's recipe: fp8 base storage (manual_cast), bf16 autocast, 8-bit AdamW states
+    "lora_r16_fp8_bf16_8bit": {"rank": 16, "base": "fp8_e4m3fn", "optim": "adamw8bit", "compute": "bf16"},
+    # bf16 base, torch AdamW (fp32 states, foreach)
+    "lora_r8_bf16_adamw": {"rank": 8, "base": "bf16", "optim": "adamw", "compute": "bf16"},
+    # a full fine-tune (every weight trained, fp32, no autocast)
+    "full_fp32_adamw": {"rank": 0, "base": "fp32", "optim": "adamw", "compute": "fp32"},
+}
+
+
+def _child(code: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_runs() -> dict:
+    proc = _child(CHILD, json.dumps(CASES))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    return json.loads(lines[-1][7:])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_simulated_peak_matches_real_run(small_runs, case):
+    fake, real = small_runs[case]["fake"], small_runs[case]["real"]
+    assert real["peak_bytes"] > 0
+    rel = abs(fake["peak_bytes"] - real["peak_bytes"]) / real["peak_bytes"]
+    assert rel <= PEAK_TOLERANCE, (case, fake["peak_bytes"], real["peak_bytes"], fake["by_tag"], real["by_tag"])
+    # the breakdown is not a re-derivation either: weights, adapters and states as the real run holds them
+    for tag in ("weights", "lora", "optimizer"):
+        assert fake["by_tag"][tag] == real["by_tag"][tag], (case, tag)
+    # the peak holds at least the resident parts
+    assert real["peak_bytes"] >= real["by_tag"]["weights"] + real["by_tag"]["lora"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_flop_count_exact(small_runs, case):
+    r = small_runs[case]
+    assert r["fake"]["flops"] > 0
+    assert r["fake"]["flops"] == r["real"]["flops"] == r["hand_flops_per_step"], case
+
+
+def test_attention_is_sdpa_flash(small_runs):
+    """The simulated attention is PyTorch SDPA's flash kernel (no L x L matrix), as on CUDA."""
+    for case, r in small_runs.items():
+        assert r["fake"]["attention_ops"] == ["aten._scaled_dot_product_flash_attention_for_cpu.default",
+                                              "aten._scaled_dot_product_flash_attention_for_cpu_backward.default"], case
+
+
+def test_eight_bit_states_at_bitsandbytes_size(small_runs):
+    """8-bit AdamW: 2 bytes per trained element + 2 fp32 absmax per 256-element block (bnb block-wise)."""
+    r = small_runs["lora_r16_fp8_bf16_8bit"]["fake"]
+    n = r["trainable_params"]
+    # every LoRA tensor here has >= 4096 elements (rank 16 x 256 inputs) and a multiple of 256
+    assert r["by_tag"]["optimizer"] == 2 * n + 2 * 4 * (n // 256)
+
+
+def test_live_bytes_tracker_counts_and_frees():
+    code = textwrap.dedent('''
+        import sys, json
+        sys.path.insert(0, "bench")
+        import torch
+        from simulate_full_size import LiveBytes
+        with LiveBytes() as t:
+            a = torch.empty(1024, dtype=torch.float32)          # 4 KiB
+            b = torch.empty(2048, dtype=torch.float32)          # 8 KiB
+            v = b[:10]                                            # a view: no new storage
+            del a
+            c = torch.empty(512, dtype=torch.float32)           # 2 KiB
+            live = t.total
+        sys.stdout.write("RESULT " + json.dumps({"peak": t.peak, "live": live}) + "\\n")
+    ''')
+    proc = _child(code)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    r = json.loads(line[0][7:])
+    assert r == {"peak": 12288, "live": 10240}
+
+
+def test_cli_reduced_depth_prints_json_rows():
+    """The script itself at reduced depth (1 + 1 blocks, full width): ends with the one JSON line."""
+    proc = _child("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('bench/simulate_full_size.py', "
+                  "run_name='__main__')", "bench/simulate_full_size.py", "--depth", "1", "1", "--rows",
+                  "lora_r64_fp8_8192,lora_r16_fp8_8192,sample_nodes_fp8_8192,sample_stock_fp8_8192")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"lora_r64_fp8_8192", "lora_r16_fp8_8192", "sample_nodes_fp8_8192", "sample_stock_fp8_8192"}
+    assert summary["lora_r64_fp8_8192"] > summary["lora_r16_fp8_8192"] > 0
+    assert "| lora_r64_fp8_8192 | 8192+512 |" in proc.stderr
+    assert "peak ratio sample_nodes_fp8_8192 / sample_stock_fp8_8192" in proc.stderr
