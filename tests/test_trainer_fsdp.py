@@ -67,7 +67,7 @@ def _env() -> dict:
 
 def _torchrun(args: list[str], **popen) -> str:
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+                           *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return log
@@ -77,11 +77,17 @@ def _kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and its descendants, workers first (torchrun starts each worker in its own
     session, so killing the launcher's process group would leave them running). Linux /proc."""
     kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids += [int(k) for k in (task / "children").read_text().split()]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids += [int(k) for k in (task / "children").read_text().split()]
+    except FileNotFoundError:  # already gone
+        pass
     for k in kids:
         _kill_tree(k)
-    os.kill(pid, signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _metrics(out: Path) -> dict[int, float]:
@@ -135,12 +141,17 @@ def test_sigkill_and_resume_match_uninterrupted(fsdp):
     ck = out / "checkpoints"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "trainer/run.py", "--config", str(toml)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
+    logf = open(tmp / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the run
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=logf, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 900  # generous: on a loaded 2-core box start-up alone can take minutes
     while time.time() < deadline and not (ck / "step-00000004").exists() and proc.poll() is None:
         time.sleep(0.02)
+    reached = (ck / "step-00000004").exists()
     _kill_tree(proc.pid)  # workers and launcher, as on a node failure
-    proc.communicate()
+    proc.wait()
+    logf.close()
+    log = (tmp / "killed.log").read_text()
+    assert reached, f"the run did not reach its step-4 checkpoint (exit {proc.returncode}):\n{log[-3000:]}"
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     done = [d for d in ck.iterdir() if not d.name.startswith(".tmp-")]
     assert done and all(d.name in ("step-00000002", "step-00000004") for d in done), done
