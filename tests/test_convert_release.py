@@ -336,7 +336,14 @@ def _runnable(name: str, object_info: dict, parity: bool) -> tuple[dict, dict]:
 
 
 def _run(server, prompt: dict, wf: dict) -> np.ndarray:
-    entry = server.run(prompt, timeout=900)
+    prompt_id = server.submit(prompt)
+    for attempt in range(3):  # a status poll can time out (30 s) while a busy box loads the Redux stand-ins
+        try:
+            entry = server.wait(prompt_id, timeout=900)
+            break
+        except TimeoutError:
+            if attempt == 2:
+                raise
     (sampler,) = _by_type(wf, "ACEPP_Sampler")
     preview = next(n for n in _by_type(wf, "PreviewImage") if _source(wf, n, "images") is sampler)
     (png,) = server.output_images(entry, str(preview["id"]))
