@@ -42,12 +42,11 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import sys
 import time
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -449,7 +448,8 @@ def run_step(spec: Spec, fake: bool = True, steps: int = 2, seed: int = 0, count
         n_base = sum(p.numel() for p in dit.parameters())
         ops = sorted(tracker.attention_ops)
     return {"peak_bytes": peak, "by_tag": by, "flops": flops, "trainable_params": n_train, "base_params": n_base,
-            "phases": {k: {"peak_bytes": v[0], "by_tag": v[1]} for k, v in phases.items()}, "attention_ops": ops, "img_tokens": spec.img_tokens, "txt_tokens": spec.txt_tokens}
+            "phases": {k: {"peak_bytes": v[0], "by_tag": v[1]} for k, v in phases.items()}, "attention_ops": ops,
+            "img_tokens": spec.img_tokens, "txt_tokens": spec.txt_tokens}
 
 
 def run_sampling(spec: Spec) -> dict:
