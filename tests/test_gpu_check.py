@@ -4,6 +4,7 @@ the comparison table comes out, so the script is ready the day a GPU is lent."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +21,14 @@ def test_gpu_check_dry_run(tmp_path):
     for step in ("train fp8_e4m3fn: exit 0", "train bf16: exit 0", "inference: exit 0", "dtype paths: exit 0",
                  "simulation: exit 0"):
         assert step in out, (step, out[-3000:])
-    table = [ln for ln in out.splitlines() if ln.startswith("| ")]
+    table = [ln for ln in out.splitlines() if ln.startswith("| ")]  # header and rows (not the |---| line)
     assert table[0].startswith("| check | s/step or result | measured peak GiB | simulated live peak GiB")
-    rows = {ln.split(" | ")[0][2:]: ln for ln in table[2:]}
+    rows = {ln.split(" | ")[0][2:]: ln for ln in table[1:]}
     assert "train fp8_e4m3fn r64 128+16" in rows and "train bf16 r64 128+16" in rows, rows
     assert "FAILED" not in out, out[-3000:]
     # the simulated rows for the same shapes came out
     assert "lora_r64_fp8_adamw32_128" in out and "lora_r64_bf16_adamw32_128" in out
     inference = rows["inference nodes/stock"].split(" | ")[1]
     assert float(inference) > 0
-    assert "3 tests collected" in rows["trainer dtype paths (pytest)"] or "collected" in rows[
-        "trainer dtype paths (pytest)"], rows
+    # the three dtype-path cases (bf16, fp8, fp8 + bf16) are still selected
+    assert re.search(r"\b3/\d+ tests collected", rows["trainer dtype paths (pytest)"]), rows
