@@ -14,7 +14,7 @@ Overhead-bound size (hidden 256, 32 image tokens: measures per-step overhead, no
 Full-size FLUX.1-Fill (random weights, built on the device; 8192 image tokens + 512 text tokens)::
 
     python bench/bench_train.py --full-size-cuda [--base-dtype fp8_e4m3fn] [--rank 64]
-    python bench/bench_train.py --full-size-cuda --device cpu --depth 1 --depth-single 1   # dry run of the code path
+    python bench/bench_train.py --full-size-cuda --device cpu --depth 1 --depth-single 1 --hidden 256   # dry run
 
 Reports step time, peak memory and MFU = model FLOPs per second / measured bf16 matmul rate
 (model FLOPs = 3 x forward matmul+attention FLOPs, the usual 6 N T convention; the recompute of
@@ -134,7 +134,8 @@ def full_size(args) -> dict:
     storage = {"bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn, "fp32": torch.float32}[args.base_dtype]
     compute = torch.bfloat16 if dev.type == "cuda" else torch.float32
     ops = comfy.ops.manual_cast if storage != compute else comfy.ops.disable_weight_init
-    hidden, heads = 3072, 24
+    hidden = args.hidden or 3072
+    heads = hidden // 128  # FLUX: 128-dim heads (3072 -> 24)
     with torch.device(dev):
         dit = Flux(**flux_config(image_model="flux", in_channels=96, out_channels=16, vec_in_dim=768,
                                  context_in_dim=4096, hidden_size=hidden, mlp_ratio=4.0, num_heads=heads,
@@ -210,7 +211,8 @@ def main() -> int:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--size", type=int, default=64, help="CPU: edit/target image size (px); canvas = size x 2 size")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--hidden", type=int, default=256, help="CPU: hidden size of the 1 + 1 block FLUX (128 x heads)")
+    p.add_argument("--hidden", type=int, default=None,
+                   help="hidden size, 128 x heads (default: 256 on the CPU, 3072 with --full-size-cuda)")
     p.add_argument("--child", choices=["ours", "comfy"], help=argparse.SUPPRESS)
     p.add_argument("--latent-hw", default="", help=argparse.SUPPRESS)
     p.add_argument("--full-size-cuda", action="store_true")
@@ -223,6 +225,8 @@ def main() -> int:
     p.add_argument("--base-dtype", default="fp8_e4m3fn", choices=["bf16", "fp8_e4m3fn", "fp32"])
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING if args.child else logging.INFO, format="%(message)s")
+    if args.hidden is None and not args.full_size_cuda:
+        args.hidden = 256
     import_comfy(cpu=None if args.full_size_cuda and args.device == "cuda" else True)
     sys.path.append(str(ROOT))
     if args.full_size_cuda:

@@ -2,16 +2,19 @@
 # One prepared check for the day a GPU is lent (target: under 8 minutes on one H100 / H200).
 #
 #   bench/gpu_check.sh             # CUDA: full size (19 + 38 blocks, hidden 3072, 8192 + 512 tokens)
-#   bench/gpu_check.sh --dry-run   # CPU, 1 + 1 blocks, 128 image + 16 text tokens: the same steps and
-#                                  # table, so the script does not rot (tests/test_gpu_check.py runs it)
+#   bench/gpu_check.sh --dry-run   # CPU, 1 + 1 blocks of hidden 256, 128 image + 16 text tokens: the same
+#                                  # steps and table, so the script does not rot (tests/test_gpu_check.py)
 #
 # Steps (each under its own time limit; a failed step is reported in the table, the others still run):
 #   1. simulation of the same rows on the CPU (bench/simulate_full_size.py, in the background);
 #   2. one full-size LoRA step at 8192 image tokens, rank 64, fp32 AdamW, fp8 base and bf16 base
 #      (bench/bench_train.py --full-size-cuda): s/step, max_memory_allocated, MFU on the measured bf16 rate;
 #   3. the full-size inference ratio, ACE++ nodes / stock Fill graph (bench/bench_inference.py --full-size-cuda);
-#   4. the trainer's dtype paths on CUDA, sample rendering included
-#      (tests/test_trainer_run.py -k mixed_precision_and_fp8_base: bf16 autocast, fp8 base, both).
+#   4. the trainer's dtype paths, sample rendering included, run (not only collected) in both modes:
+#      tests/test_trainer_run.py::test_mixed_precision_and_fp8_base (bf16 autocast, fp8 base, both) and
+#      tests/test_trainer_cuda_dtypes.py (the ops ComfyUI builds on CUDA: bf16 without manual cast, fp8
+#      manual-cast to bf16; on the CPU forced through unet_manual_cast). Named by node id, so a renamed
+#      or removed test fails the step instead of silently selecting fewer; the row is pytest's summary.
 # Then one table: measured peak next to the simulated live-tensor peak (margin excluded) and their ratio.
 #
 # Environment: PYTHON (default: python), GPU_CHECK_OUT (folder for the logs; default: a new temp folder).
@@ -30,11 +33,12 @@ esac
 
 if [[ $DRY == 1 ]]; then
   TOKENS=128 TEXT=16
-  SIM_ARGS=(--depth 1 1 --img-tokens $TOKENS --txt-tokens $TEXT)
-  TRAIN_ARGS=(--device cpu --depth 1 --depth-single 1 --height 128 --width 256 --text-tokens $TEXT --steps 1)
+  # hidden 256 (2 heads): the same code path as hidden 3072, and the simulation gets the same shape
+  SIM_ARGS=(--depth 1 1 --hidden 256 --img-tokens $TOKENS --txt-tokens $TEXT)
+  TRAIN_ARGS=(--device cpu --depth 1 --depth-single 1 --hidden 256 --height 128 --width 256 --text-tokens $TEXT
+              --steps 1)
   INFER_CMD=("$PY" bench/bench_inference.py --steps 1 --repeats 1)
-  PYTEST_EXTRA=(--collect-only)   # CPU CI already runs these tests; here: the selection still exists
-  LIMIT=600
+  LIMIT=600 DTYPE_LIMIT=600
 else
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); use --dry-run on a CPU machine" >&2
@@ -44,8 +48,7 @@ else
   SIM_ARGS=()
   TRAIN_ARGS=(--steps 3)
   INFER_CMD=("$PY" bench/bench_inference.py --full-size-cuda --steps 4 --repeats 1)
-  PYTEST_EXTRA=()
-  LIMIT=150
+  LIMIT=150 DTYPE_LIMIT=240
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
 echo "gpu_check: logs in $OUT (dry run: $DRY)"
@@ -62,8 +65,8 @@ for base in fp8_e4m3fn bf16; do
 done
 timeout $LIMIT "${INFER_CMD[@]}" >"$OUT/inference.log" 2>&1
 echo "inference: exit $? ($(( $(date +%s) - START )) s)"
-timeout $LIMIT "$PY" -m pytest -q tests/test_trainer_run.py -k mixed_precision_and_fp8_base "${PYTEST_EXTRA[@]}" \
-  >"$OUT/dtype_paths.log" 2>&1
+DTYPE_TESTS=(tests/test_trainer_run.py::test_mixed_precision_and_fp8_base tests/test_trainer_cuda_dtypes.py)
+timeout $DTYPE_LIMIT "$PY" -m pytest -q -p no:cacheprovider "${DTYPE_TESTS[@]}" >"$OUT/dtype_paths.log" 2>&1
 echo "dtype paths: exit $? ($(( $(date +%s) - START )) s)"
 wait $SIM_PID
 echo "simulation: exit $? ($(( $(date +%s) - START )) s)"
@@ -120,7 +123,7 @@ print("|---|---|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
 if dry:
-    print("(dry run: CPU, 1 + 1 blocks; measured = process peak RSS, not comparable with the simulation)")
+    print("(dry run: CPU, 1 + 1 blocks of hidden 256; measured = process peak RSS, not comparable with the simulation)")
 print("simulated (with margin):", json.dumps(sim))
 EOF
 echo "gpu_check: done in $(( $(date +%s) - START )) s; logs in $OUT"

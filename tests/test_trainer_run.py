@@ -351,7 +351,8 @@ def test_mixed_precision_and_fp8_base(env, fp32_run, name, model_sec, mixed):
 
     model = result["model"]
     linears = [m for m in model.dit.modules() if isinstance(m, torch.nn.Linear)]
-    want = torch.float8_e4m3fn if model_sec else torch.float32
+    # base_dtype "auto": fp32 on the CPU, bf16 on CUDA (bench/gpu_check.sh runs this test on a GPU too)
+    want = torch.float8_e4m3fn if model_sec else torch.bfloat16 if torch.cuda.is_available() else torch.float32
     assert linears and all(m.weight.dtype == want for m in linears), {m.weight.dtype for m in linears}
     assert all(p.dtype == torch.float32 for p in model.loras.parameters())
 
