@@ -24,7 +24,8 @@ function removeBar() {
 }
 
 function closeMissingNodesDialog() {
-  // The front end's "missing nodes" dialog lists the released types the conversion just replaced.
+  // The front end's "missing nodes" dialog (1.32.9; 1.49.6 opens none) lists the released types the
+  // conversion just replaced: once the graph is converted it speaks of a graph that is gone.
   for (const dialog of document.querySelectorAll(".p-dialog")) {
     if (RELEASED_TYPES.some((t) => dialog.innerText.includes(t))) {
       dialog.querySelector(".p-dialog-close-button")?.click();
@@ -58,6 +59,7 @@ export async function convertReleasedWorkflow(graphData = null) {
   closeMissingNodesDialog();
   const open = app.extensionManager?.workflow?.activeWorkflow ?? null;
   await app.loadGraphData(body.workflow, true, true, open);
+  closeMissingNodesDialog();  // again: the released graph's dialog may have opened while the server converted
   notify("success", "Converted to ACE++ (this pack)",
     `${body.changes.length} changes; release_parity is on. The Note in the graph says what changed.`);
   return { ok: true, changes: body.changes };
