@@ -12,6 +12,8 @@ pieces on it: ``trainer.model.Trainable`` (LoRA forward hooks, per-block checkpo
 (a ``TorchDispatchMode``) adds each new output storage's ``nbytes()`` when it appears and subtracts
 it through ``weakref.finalize`` when it dies: the peak is the live-tensor peak that
 ``torch.cuda.max_memory_allocated`` reports on a card, before allocator rounding.
+The ``full_ft_fsdp8`` row shards the same step with the trainer's FSDP2 code on a fake 8-rank
+process group and reports rank 0 (``bench/simulate_fsdp.py``); DTensors count at their local shard.
 
 Simulation choices that mirror a CUDA run (see docs/full_size_simulation.md in the shared notes):
 - the fake device is the CPU: SDPA there dispatches to ``_scaled_dot_product_flash_attention_for_cpu``
