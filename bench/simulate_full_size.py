@@ -52,8 +52,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):  # the trainer; simulate_fsdp (the FSDP row) next to this file
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 log = logging.getLogger("simulate_full_size")
 

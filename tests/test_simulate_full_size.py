@@ -173,10 +173,14 @@ def test_cli_reduced_depth_prints_json_rows():
     """The script itself at reduced depth (1 + 1 blocks, full width): ends with the one JSON line."""
     proc = _child("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('bench/simulate_full_size.py', "
                   "run_name='__main__')", "bench/simulate_full_size.py", "--depth", "1", "1", "--rows",
-                  "lora_r64_fp8_8192,lora_r16_fp8_8192,sample_nodes_fp8_8192,sample_stock_fp8_8192")
+                  "lora_r64_fp8_8192,lora_r16_fp8_8192,sample_nodes_fp8_8192,sample_stock_fp8_8192,"
+                  "full_ft_fsdp8_8192")
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"lora_r64_fp8_8192", "lora_r16_fp8_8192", "sample_nodes_fp8_8192", "sample_stock_fp8_8192"}
+    assert set(summary) == {"lora_r64_fp8_8192", "lora_r16_fp8_8192", "sample_nodes_fp8_8192", "sample_stock_fp8_8192",
+                            "full_ft_fsdp8_8192"}
+    assert summary["full_ft_fsdp8_8192"] > 0
+    assert "FSDP2: 2 block units + root" in proc.stderr  # the row shards through trainer.distributed
     assert summary["lora_r64_fp8_8192"] > summary["lora_r16_fp8_8192"] > 0
     assert "| lora_r64_fp8_8192 | 8192+512 |" in proc.stderr
     assert "peak ratio sample_nodes_fp8_8192 / sample_stock_fp8_8192" in proc.stderr
