@@ -12,6 +12,8 @@ pieces on it: ``trainer.model.Trainable`` (LoRA forward hooks, per-block checkpo
 (a ``TorchDispatchMode``) adds each new output storage's ``nbytes()`` when it appears and subtracts
 it through ``weakref.finalize`` when it dies: the peak is the live-tensor peak that
 ``torch.cuda.max_memory_allocated`` reports on a card, before allocator rounding.
+The ``full_ft_fsdp8`` row shards the same step with the trainer's FSDP2 code on a fake 8-rank
+process group and reports rank 0 (``bench/simulate_fsdp.py``); DTensors count at their local shard.
 
 Simulation choices that mirror a CUDA run (see docs/full_size_simulation.md in the shared notes):
 - the fake device is the CPU: SDPA there dispatches to ``_scaled_dot_product_flash_attention_for_cpu``
@@ -50,8 +52,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):  # the trainer; simulate_fsdp (the FSDP row) next to this file
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 log = logging.getLogger("simulate_full_size")
 
@@ -94,13 +97,18 @@ def import_comfy_sdpa() -> None:
 
 # --- live-storage tracker ------------------------------------------------------------------------
 
+def _local(t):
+    """A DTensor's own bytes are its local shard (the wrapper's storage reports the global size)."""
+    return getattr(t, "_local_tensor", t)
+
+
 def _storages(out):
     import torch
     from torch.utils._pytree import tree_leaves
 
     for t in tree_leaves(out):
         if isinstance(t, torch.Tensor):
-            yield t.untyped_storage()
+            yield _local(t).untyped_storage()
 
 
 class LiveBytes:
@@ -162,13 +170,25 @@ class LiveBytes:
         self.total -= n
 
     def retag(self, tensor, tag: str) -> None:
-        st = tensor.untyped_storage()
+        st = _local(tensor).untyped_storage()
         if st._cdata not in self.live:
             self.add(st)
         entry = self.live[st._cdata]
         self.totals[entry[1]] -= entry[0]
         self.totals[tag] += entry[0]
         entry[1] = tag
+
+    def resized(self, st) -> None:
+        """A storage resized in place (FSDP2 frees and re-allocates its all-gather buffers that way)."""
+        if st._cdata not in self.live:
+            return self.add(st)
+        entry, n = self.live[st._cdata], st.nbytes()
+        self.totals[entry[1]] += n - entry[0]
+        self.total += n - entry[0]
+        entry[0] = n
+        if self.total > self.peak:
+            self.peak = self.total
+            self.peak_by = dict(self.totals)
 
     def reset_peak(self) -> None:
         self.peak = self.total
@@ -251,7 +271,7 @@ class Spec:
     heads: int = 24
     compute: str = "bf16"          # autocast dtype; fp32 = no autocast (CPU reference runs)
     checkpointing: bool = True
-    shard: int = 1                 # FSDP world size for full fine-tunes (per-rank arithmetic, see fsdp_row)
+    shard: int = 1                 # FSDP world size for full fine-tunes (rank 0 on a fake process group)
     sampling: str = ""             # "" = training step; "nodes" | "stock" = one sampling step (no grad)
 
 
@@ -512,35 +532,6 @@ def with_margin(peak_bytes: float) -> float:
     return peak_bytes * (1 + MARGIN_FRACTION) + MARGIN_FIXED_GIB * GIB
 
 
-def fsdp_row(single_rank: dict, world: int, spec: Spec) -> dict:
-    """Per-rank peak of a full fine-tune under FSDP (ZeRO-3: parameters, grads and AdamW states
-    sharded over ``world`` ranks), from the simulated single-process full fine-tune step, phase by phase:
-
-    forward + backward: (weights + grads + optimizer) / world + activations + temporaries
-                        + 2 unsharded blocks in flight (computed + prefetched; fp32, the largest block:
-                        a single block, 3072 x (21504 + 15360 + 9216) + biases);
-    optimizer step:     everything / world (each rank steps its own shard, foreach temporaries included).
-    The row's peak is the larger. Sharding arithmetic on simulated components, not a run on a fake
-    process group (see BENCHMARKS.md).
-    """
-    hd = spec.hidden
-    block = hd * 7 * hd + 7 * hd + 5 * hd * hd + hd + hd * 3 * hd + 3 * hd + 4 * 128
-    gathered = 2 * block * 4
-    fb = single_rank["phases"]["fwd_bwd"]["by_tag"]
-    fb_by = {"weights": fb["weights"] / world, "lora": 0, "grads": fb["grads"] / world,
-             "optimizer": fb["optimizer"] / world, "activations": fb["activations"],
-             "temporaries": fb["temporaries"] + gathered}
-    op = single_rank["phases"]["optimizer"]["by_tag"]
-    op_by = {t: v / world for t, v in op.items()}
-    out = dict(single_rank)
-    out["by_tag"] = max((fb_by, op_by), key=lambda b: sum(b.values()))
-    out["peak_bytes"] = sum(out["by_tag"].values())
-    out["phases"] = {"fwd_bwd": {"peak_bytes": sum(fb_by.values()), "by_tag": fb_by},
-                     "optimizer": {"peak_bytes": sum(op_by.values()), "by_tag": op_by}}
-    out["note"] = f"FSDP arithmetic over {world} ranks on the simulated single-process step"
-    return out
-
-
 # --- the table ------------------------------------------------------------------------------------
 
 def lora_specs(base: Spec) -> list[Spec]:
@@ -573,7 +564,9 @@ def simulate(spec: Spec) -> dict:
     if spec.sampling:
         r = run_sampling(spec)
     elif spec.shard > 1:
-        r = fsdp_row(run_step(replace(spec, shard=1)), spec.shard, spec)
+        from simulate_fsdp import run_fsdp_step
+
+        r = run_fsdp_step(spec, world=spec.shard)
     else:
         r = run_step(spec)
     r["seconds"] = time.perf_counter() - t

@@ -173,10 +173,72 @@ def test_cli_reduced_depth_prints_json_rows():
     """The script itself at reduced depth (1 + 1 blocks, full width): ends with the one JSON line."""
     proc = _child("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('bench/simulate_full_size.py', "
                   "run_name='__main__')", "bench/simulate_full_size.py", "--depth", "1", "1", "--rows",
-                  "lora_r64_fp8_8192,lora_r16_fp8_8192,sample_nodes_fp8_8192,sample_stock_fp8_8192")
+                  "lora_r64_fp8_8192,lora_r16_fp8_8192,sample_nodes_fp8_8192,sample_stock_fp8_8192,"
+                  "full_ft_fsdp8_8192")
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"lora_r64_fp8_8192", "lora_r16_fp8_8192", "sample_nodes_fp8_8192", "sample_stock_fp8_8192"}
+    assert set(summary) == {"lora_r64_fp8_8192", "lora_r16_fp8_8192", "sample_nodes_fp8_8192", "sample_stock_fp8_8192",
+                            "full_ft_fsdp8_8192"}
+    assert summary["full_ft_fsdp8_8192"] > 0
+    assert "FSDP2: 2 block units + root" in proc.stderr  # the row shards through trainer.distributed
     assert summary["lora_r64_fp8_8192"] > summary["lora_r16_fp8_8192"] > 0
     assert "| lora_r64_fp8_8192 | 8192+512 |" in proc.stderr
     assert "peak ratio sample_nodes_fp8_8192 / sample_stock_fp8_8192" in proc.stderr
+
+
+FSDP_CHILD = textwrap.dedent('''
+    import dataclasses, json, sys
+    sys.path.insert(0, "bench")
+    import simulate_full_size as S
+    S.import_comfy_sdpa()
+    import simulate_fsdp as F
+    spec = S.Spec(name="full_ft_fsdp8", rank=0, base="fp32", optim="adamw", shard=8, depth=1, single=1,
+                  hidden=256, heads=2, img_tokens=512, txt_tokens=32)
+    out = {"fake": F.run_fsdp_step(spec, world=8), "real": F.run_fsdp_step(spec, world=8, fake=False),
+           "torch_tracker": F.run_fsdp_step(spec, world=8, fake=False, count_flops=False, torch_tracker=True),
+           "unsharded": S.run_step(dataclasses.replace(spec, shard=1))}
+    sys.stdout.write("RESULT " + json.dumps(out) + "\\n")
+''')
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs() -> dict:
+    proc = _child(FSDP_CHILD)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    return json.loads(lines[-1][7:])
+
+
+def test_fsdp_rank_holds_an_eighth(fsdp_runs):
+    """FSDP2 on a fake 8-rank process group (trainer.distributed.fsdp_wrap): rank 0 holds exactly 1/8 of
+    the fp32 weights, of their fp32 gradients and of the two AdamW moments (every dim 0 here divides by 8,
+    so no padding), and the tracker counts the DTensors at their local shard, not their global size."""
+    r = fsdp_runs["fake"]
+    full, sharded = r["full"], r["sharded"]
+    assert full["weights"] == 4 * r["trainable_params"] > 0
+    assert 8 * sharded["weights"] == full["weights"]
+    assert 8 * sharded["grads"] == full["grads"] == full["weights"]
+    assert 8 * sharded["optimizer"] == full["optimizer"] == 2 * full["weights"]
+    assert r["live_after_step"] == {"weights": sharded["weights"], "grads": 0, "optimizer": sharded["optimizer"]}
+
+
+def test_fsdp_simulated_peak_matches_real_run_and_beats_unsharded(fsdp_runs):
+    """The same sharded step on real CPU tensors (fake collectives) peaks where the fake-tensor run does,
+    below the unsharded full fine-tune's peak; per-rank FLOPs (batch 1 per rank) are the unsharded step's."""
+    fake, real, whole = fsdp_runs["fake"], fsdp_runs["real"], fsdp_runs["unsharded"]
+    rel = abs(fake["peak_bytes"] - real["peak_bytes"]) / real["peak_bytes"]
+    assert rel <= PEAK_TOLERANCE, (fake["by_tag"], real["by_tag"])
+    assert fake["peak_bytes"] < whole["peak_bytes"]
+    # the resident shards at the peak are the 1/8 shards (the unsharded run holds them whole)
+    assert 8 * fake["by_tag"]["weights"] == whole["by_tag"]["weights"]
+    assert 8 * fake["by_tag"]["optimizer"] == whole["by_tag"]["optimizer"]
+    assert fake["flops"] == whole["flops"] > 0
+
+
+def test_fsdp_tracker_agrees_with_torch_fsdp_mem_tracker(fsdp_runs):
+    """Independent count: torch's own ``FSDPMemTracker`` run over the same sharded step (real tensors, fake
+    collectives) reports exactly our peak less the inputs made before it starts. (Under FakeTensorMode
+    it over-counts, which is why the simulation uses its own tracker.)"""
+    r = fsdp_runs["torch_tracker"]
+    assert r["input_bytes"] > 0
+    assert r["peak_bytes"] - r["input_bytes"] == r["torch_tracker_peak"]
