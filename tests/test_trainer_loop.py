@@ -222,6 +222,23 @@ def test_export_check_fails_on_a_bad_key_set(env):
         check_lora_loads_in_comfy(wrong, shapes)
 
 
+def test_full_export_uses_the_base_files_bfl_keys():
+    """ComfyUI 0.33 loads a BFL ``*_norm.scale`` as the module's ``*_norm.weight``; the export writes the
+    file's names back, and a key that matches nothing in the base file stops the export."""
+    from trainer.export import ExportCheckError, bfl_keys
+
+    file_keys = {"img_in.weight", "double_blocks.0.img_attn.norm.query_norm.scale"}
+    t = torch.zeros(1)
+    module_033 = {"img_in.weight": t, "double_blocks.0.img_attn.norm.query_norm.weight": t}
+    module_0375 = {"img_in.weight": t, "double_blocks.0.img_attn.norm.query_norm.scale": t}
+    assert set(bfl_keys(module_033, file_keys)) == file_keys
+    assert set(bfl_keys(module_0375, file_keys)) == file_keys
+    with pytest.raises(ExportCheckError, match="1 unknown.*img_out.weight"):
+        bfl_keys({**module_033, "img_out.weight": t}, file_keys)
+    with pytest.raises(ExportCheckError, match="1 missing.*img_in.weight"):
+        bfl_keys({"double_blocks.0.img_attn.norm.query_norm.weight": t}, file_keys)
+
+
 # --- loop options no shipped recipe turns on -------------------------------------------------------
 
 def test_official_policy_unmasked_weight_and_img_in_train(env):
@@ -249,12 +266,14 @@ def test_full_finetune_resume_matches_uninterrupted(env):
     gives bit-identical weights to 4 uninterrupted steps; the checkpoint holds every DiT weight and
     the AdamW state as safetensors, and the export has the base file's BFL key set."""
     from trainer import loop
+    from trainer.export import bfl_keys
 
     sec = dict(lora={"enabled": False}, train={"scheduler": "constant", "lr": 1e-4}, model={"num_heads": 0})
     ref = loop.train(_cfg(env, "fft_ref", run={"max_steps": 4, "save_every": 0}, **sec))
     loop.train(_cfg(env, "fft_cut", run={"max_steps": 2, "save_every": 0}, **sec))
     ck = env["tmp"] / "fft_cut" / "checkpoints" / "step-00000002"
-    assert set(load_file(str(ck / "trainable.safetensors"))) == set(load_file(str(env["dit"])))
+    base_keys = set(load_file(str(env["dit"])))  # the checkpoint holds every weight (under the module's names)
+    assert set(bfl_keys(load_file(str(ck / "trainable.safetensors")), base_keys)) == base_keys
     assert any(k.startswith("optimizer/") for k in load_file(str(ck / "state.safetensors")))
     resumed = loop.train(_cfg(env, "fft_cut", run={"max_steps": 4, "save_every": 0, "resume": "latest"}, **sec))
     assert [s for s, _ in resumed["losses"]] == [3, 4]

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from .config import Config
-from .model import Trainable, kohya_name
+from .model import Trainable, check_dit_file, kohya_name
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,26 @@ def metadata(cfg: Config, step: int) -> dict[str, str]:
             "format": "pt"}
 
 
+def bfl_keys(sd: dict[str, torch.Tensor], file_keys: set[str]) -> dict[str, torch.Tensor]:
+    """The module's state dict under the base file's own (BFL) key names.
+
+    Newer ComfyUI (0.33) renames the FLUX q/k RMSNorm ``*_norm.scale`` to ``*_norm.weight`` when it loads
+    a file (``process_unet_state_dict``) and has no inverse for saving; BFL files, the released ACE++ FFT
+    file and ComfyUI 0.3.75 use ``.scale``. Every key must land on a key of the base file."""
+    out, unknown = {}, []
+    for k, v in sd.items():
+        name = k if k in file_keys else (k[:-len(".weight")] + ".scale" if k.endswith("_norm.weight") else None)
+        if name not in file_keys:
+            unknown.append(k)
+        out[name] = v
+    missing = sorted(file_keys - set(out))
+    if unknown or missing:
+        raise ExportCheckError(f"the full weights do not match the base file's keys: {len(unknown)} unknown "
+                               f"(e.g. {unknown[:3]}), {len(missing)} missing (e.g. {missing[:3]}); the export "
+                               "would not load as a FLUX diffusion model.")
+    return out
+
+
 def export(model: Trainable, cfg: Config, step: int, path: Path, state: dict | None = None) -> Path:
     """Write the LoRA (or full weights) atomically: temp file, then rename. ``state``: the DiT's full
     BFL-key weights when the model itself is sharded (gathered by ``trainer.distributed``)."""
@@ -125,6 +145,7 @@ def export(model: Trainable, cfg: Config, step: int, path: Path, state: dict | N
     else:
         dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float32
         src = state if state is not None else model.dit.state_dict()
+        src = bfl_keys(src, set(check_dit_file(cfg)))
         sd = {k: v.detach().to(dtype).cpu().contiguous() for k, v in src.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
