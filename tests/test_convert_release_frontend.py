@@ -22,7 +22,7 @@ from aceplus_host.convert_release import RELEASED_TYPES, convert
 from aceplus_host.workflows import check_workflow, strip_meta, ui_to_api
 from released_workflows import released_workflows
 from test_convert_release import MODEL_FILES, _images, as_loaded
-from test_workflows_frontend import _dialogs, _flagged, frontend_server, page  # noqa: F401 (fixtures)
+from test_workflows_frontend import _dialogs, _flagged, frontend_server, page, screenshot_graph  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.server
 
@@ -143,29 +143,9 @@ def test_opening_a_released_graph_offers_the_conversion_and_it_matches_the_cli(n
     assert page.locator("#acepp-convert-release-bar").count() == 0
     _check_converted(page, name, inputs.object_info())
     if name == SCREENSHOT_OF:
-        _screenshot(page, "converted_release_reference_editing")
+        screenshot_graph(page, "converted_release_reference_editing")
     errors = page.console.take()
     assert errors == [], errors
-
-
-def _screenshot(page, stem: str) -> None:  # noqa: F811
-    """The README gallery's picture of a converted graph (docs/images/workflows only with ACEPP_UPDATE_SCREENSHOTS=1)."""
-    import os
-
-    from aceplus_host import cache_dir
-    from test_workflows_frontend import _save_screenshot
-    from workflow_tools import SCREENSHOTS
-
-    page.evaluate("() => { const c = app.canvas; const b = app.graph._nodes.reduce((a, n) => [Math.min(a[0], n.pos[0]),"
-                  " Math.min(a[1], n.pos[1] - 40), Math.max(a[2], n.pos[0] + n.size[0]), Math.max(a[3], n.pos[1] +"
-                  " n.size[1])], [1e9, 1e9, -1e9, -1e9]); c.ds.fitToBounds([b[0], b[1], b[2] - b[0], b[3] - b[1]]);"
-                  " c.setDirty(true, true); }")
-    page.wait_for_timeout(400)
-    page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = 'hidden')")
-    png = page.locator("#graph-canvas-container").screenshot()
-    page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = '')")
-    folder = SCREENSHOTS if os.environ.get("ACEPP_UPDATE_SCREENSHOTS") == "1" else cache_dir() / "screenshots"
-    _save_screenshot(png, folder / f"{stem}.png")
 
 
 def test_the_command_converts_the_open_graph(page, inputs):  # noqa: F811

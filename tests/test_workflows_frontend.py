@@ -222,7 +222,17 @@ def test_loads(name, page, frontend_server):
     ours = strip_meta(ui_to_api(wf, frontend_server.object_info()))
     assert strip_meta(front) == ours
 
-    # Screenshot of the whole graph.
+    screenshot_graph(page, name)
+
+    errors = page.console.take()
+    assert errors == [], errors
+
+
+def screenshot_graph(page, stem: str) -> None:
+    """A picture of the whole open graph, ``<stem>.png``.
+
+    docs/images/workflows is updated on request only (ACEPP_UPDATE_SCREENSHOTS=1): a test run leaves
+    the committed pictures alone; otherwise they go to the cache for inspection."""
     page.evaluate("() => { const c = app.canvas; const b = app.graph._nodes.reduce((a, n) => [Math.min(a[0], n.pos[0]),"
                   " Math.min(a[1], n.pos[1] - 40), Math.max(a[2], n.pos[0] + n.size[0]), Math.max(a[3], n.pos[1] +"
                   " n.size[1])], [1e9, 1e9, -1e9, -1e9]); c.ds.fitToBounds([b[0], b[1], b[2] - b[0], b[3] - b[1]]);"
@@ -232,13 +242,8 @@ def test_loads(name, page, frontend_server):
     page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = 'hidden')")
     png = page.locator("#graph-canvas-container").screenshot()
     page.evaluate("() => document.querySelectorAll('.splitter-overlay-root').forEach(e => e.style.visibility = '')")
-    # docs/images/workflows is updated on request only (ACEPP_UPDATE_SCREENSHOTS=1): a test run leaves
-    # the committed pictures alone; otherwise they go to the cache for inspection.
     folder = SCREENSHOTS if os.environ.get("ACEPP_UPDATE_SCREENSHOTS") == "1" else cache_dir() / "screenshots"
-    _save_screenshot(png, folder / f"{name}.png")
-
-    errors = page.console.take()
-    assert errors == [], errors
+    _save_screenshot(png, folder / f"{stem}.png")
 
 
 def _save_screenshot(png: bytes, path: Path) -> None:
