@@ -123,7 +123,6 @@ def run_fsdp_step(spec, world: int = WORLD, steps: int = 2, count_flops: bool = 
     (``input_bytes``), which ``peak_bytes`` includes."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     import simulate_full_size as S
     from trainer.distributed import fsdp_wrap
@@ -155,49 +154,28 @@ def run_fsdp_step(spec, world: int = WORLD, steps: int = 2, count_flops: bool = 
         x_in, ctx = torch.randn(1, in_ch, h, w), torch.randn(1, spec.txt_tokens, 4096)
         pooled, target, s = torch.randn(1, 768), torch.randn(1, 16, h, w), torch.full((1,), 0.5)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.compute == "bf16")
-        flops, phases, sharded = 0, {}, {"weights": local_bytes(params)}
+        sharded = {"weights": local_bytes(params)}
         input_bytes = local_bytes([x_in, ctx, pooled, target, s])
         theirs = None
         if torch_tracker:
             from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 
             theirs = FSDPMemTracker(model, opt)
-        for i in range(steps):
-            if theirs is not None:  # per-module stats cover one iteration; the peak covers all
+
+        def before_step(i: int) -> None:  # per-module stats cover one iteration; the peak covers all
+            if theirs is not None:
                 theirs.__enter__() if i == 0 else theirs.reset_mod_stats()
-            counter = (FlopCounterMode(display=False, custom_mapping=S.flop_mapping()) if i == 0 and count_flops
-                       else None)
-            if i == steps - 1:
-                tracker.reset_peak()
-            with counter if counter is not None else contextlib.nullcontext():
-                tracker.tag = "activations"
-                with autocast:
-                    pred = model(x_in, s, ctx, pooled, 1.0)
-                    loss = ((pred.float() - target) ** 2).mean()
-                tracker.tag = "temporaries"
-                loss.backward()
-                del pred, loss
-                for p in params:
-                    tracker.retag(p.grad, "grads")
-                if i == steps - 1:
-                    phases["fwd_bwd"] = (tracker.peak, {t: tracker.peak_by.get(t, 0) for t in S.TAGS})
-                    sharded["grads"] = local_bytes(p.grad for p in params)
-                    tracker.reset_peak()
-                if cfg.train.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-                opt.step()
-                states = [v for st in opt.state.values() for v in st.values()
-                          if isinstance(v, torch.Tensor) and v.dim() > 0]
-                for v in states:
-                    tracker.retag(v, "optimizer")
-                opt.zero_grad(set_to_none=True)
-            if i == steps - 1:
-                phases["optimizer"] = (tracker.peak, {t: tracker.peak_by.get(t, 0) for t in S.TAGS})
-                sharded["optimizer"] = local_bytes(states)
-                live = {t: tracker.totals.get(t, 0) for t in ("weights", "grads", "optimizer")}
-            if counter is not None:
-                flops = counter.get_total_flops()
-                del counter
+
+        def after_backward(last: bool) -> None:
+            for p in params:
+                tracker.retag(p.grad, "grads")
+            if last:
+                sharded["grads"] = local_bytes(p.grad for p in params)
+
+        flops, phases, states = S.measured_steps(model, params, opt, (x_in, s, ctx, pooled, target), cfg, tracker,
+                                                 steps, autocast, count_flops, before_step, after_backward)
+        sharded["optimizer"] = local_bytes(states)
+        live = {t: tracker.totals.get(t, 0) for t in ("weights", "grads", "optimizer")}
         if theirs is not None:
             theirs.__exit__(None, None, None)
             theirs_peak = sum(v["Total"] for v in theirs.get_tracker_snapshot("peak").values())

@@ -380,6 +380,57 @@ def noop_to_for_fake():
         torch.nn.Module.to = orig
 
 
+def measured_steps(model, params, opt, batch, cfg, tracker, steps: int, autocast, count_flops: bool,
+                   before_step=None, after_backward=None) -> tuple[int, dict, list]:
+    """The trainer's step (forward, backward, clip, optimizer step) ``steps`` times on ``batch`` =
+    (x_in, s, ctx, pooled, target). -> (FLOPs of the first step, {"fwd_bwd" | "optimizer": (peak, by tag)}
+    of the last step, the optimizer's state tensors).
+
+    FLOPs are counted in the first step, memory in the last: FlopCounterMode's module tracker keeps every
+    block's recomputed tensors alive until backward ends (measured: the peak then grows with depth), so
+    the two never share a step. FLOPs do not depend on the optimizer state. ``before_step(i)`` and
+    ``after_backward(last)`` let a caller add its own bookkeeping (the FSDP row)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x_in, s, ctx, pooled, target = batch
+    flops, phases, states = 0, {}, []
+    for i in range(steps):
+        last = i == steps - 1
+        if before_step is not None:
+            before_step(i)
+        counter = FlopCounterMode(display=False, custom_mapping=flop_mapping()) if i == 0 and count_flops else None
+        if last:
+            tracker.reset_peak()
+        with counter if counter is not None else contextlib.nullcontext():
+            tracker.tag = "activations"
+            with autocast:
+                pred = model(x_in, s, ctx, pooled, 1.0)
+                loss = ((pred.float() - target) ** 2).mean()
+            tracker.tag = "temporaries"
+            loss.backward()
+            del pred, loss
+            if after_backward is not None:
+                after_backward(last)
+            if last:  # the forward + backward peak, then the optimizer's own
+                phases["fwd_bwd"] = (tracker.peak, {t: tracker.peak_by.get(t, 0) for t in TAGS})
+                tracker.reset_peak()
+            if cfg.train.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            opt.step()
+            states = [v for st in opt.state.values() for v in st.values()
+                      if isinstance(v, torch.Tensor) and v.dim() > 0]
+            for v in states:
+                tracker.retag(v, "optimizer")
+            opt.zero_grad(set_to_none=True)
+        if last:
+            phases["optimizer"] = (tracker.peak, {t: tracker.peak_by.get(t, 0) for t in TAGS})
+        if counter is not None:
+            flops = counter.get_total_flops()
+            del counter
+    return flops, phases, states
+
+
 def run_step(spec: Spec, fake: bool = True, steps: int = 2, seed: int = 0, count_flops: bool = True) -> dict:
     """Build, then run ``steps`` (>= 2) training steps: FLOPs counted in the first, memory measured in
     the last (optimizer states exist by then, as in every step of a run but the first). ``steps=1,
@@ -390,7 +441,6 @@ def run_step(spec: Spec, fake: bool = True, steps: int = 2, seed: int = 0, count
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     from trainer.loop import make_optimizer
     from trainer.model import Trainable
@@ -430,39 +480,8 @@ def run_step(spec: Spec, fake: bool = True, steps: int = 2, seed: int = 0, count
         target = torch.randn(1, 16, h, w, generator=None if fake else g)
         s = torch.full((1,), 0.5)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.compute == "bf16")
-        flops, phases = 0, {}
-        for i in range(steps):
-            # FLOPs are counted in the first step, memory in the last: FlopCounterMode's module tracker
-            # keeps every block's recomputed tensors alive until backward ends (measured: the peak then
-            # grows with depth), so the two never share a step. FLOPs do not depend on the optimizer state.
-            counter = (FlopCounterMode(display=False, custom_mapping=flop_mapping()) if i == 0 and count_flops
-                       else None)
-            if i == steps - 1:
-                tracker.reset_peak()
-            with counter if counter is not None else contextlib.nullcontext():
-                tracker.tag = "activations"
-                with autocast:
-                    pred = model(x_in, s, ctx, pooled, 1.0)
-                    loss = ((pred.float() - target) ** 2).mean()
-                tracker.tag = "temporaries"
-                loss.backward()
-                del pred, loss
-                if i == steps - 1:  # the forward + backward peak, then the optimizer's own
-                    phases["fwd_bwd"] = (tracker.peak, {t: tracker.peak_by.get(t, 0) for t in TAGS})
-                    tracker.reset_peak()
-                if cfg.train.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-                opt.step()
-                for st in opt.state.values():
-                    for v in st.values():
-                        if isinstance(v, torch.Tensor) and v.dim() > 0:
-                            tracker.retag(v, "optimizer")
-                opt.zero_grad(set_to_none=True)
-            if i == steps - 1:
-                phases["optimizer"] = (tracker.peak, {t: tracker.peak_by.get(t, 0) for t in TAGS})
-            if counter is not None:
-                flops = counter.get_total_flops()
-                del counter
+        flops, phases, _ = measured_steps(model, params, opt, (x_in, s, ctx, pooled, target), cfg, tracker, steps,
+                                          autocast, count_flops)
         peak, by = max(phases.values(), key=lambda v: v[0])
         n_train = sum(p.numel() for p in params)
         n_base = sum(p.numel() for p in dit.parameters())
