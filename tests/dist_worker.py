@@ -30,6 +30,28 @@ def _write(report_dir: str, rank: int, data: dict) -> None:
     (Path(report_dir) / f"rank{rank}.json").write_text(json.dumps(data, indent=1))
 
 
+WRAPPERS_AT_DESTROY: list[int] = []
+
+
+def _count_wrappers_at_destroy() -> None:
+    """Record how many DDP wrappers are still alive when the process group is destroyed. One that
+    outlives the group is freed at interpreter exit, where gloo's teardown aborts the process about
+    half the time ("terminate called without an active exception"): the count must be 0."""
+    import gc
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    real = dist.destroy_process_group
+
+    def spy(group=None):
+        gc.collect()
+        WRAPPERS_AT_DESTROY.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+        return real(group)
+
+    dist.destroy_process_group = spy
+
+
 def train_mode(toml: str, report_dir: str) -> None:
     from trainer import distributed as D
     from trainer.config import load_config
@@ -37,7 +59,7 @@ def train_mode(toml: str, report_dir: str) -> None:
 
     result = train(load_config(toml))
     _write(report_dir, int(os.environ["RANK"]), {"shards": D.local_shard_report(result["model"]),
-                                                  "step": result["step"]})
+                                                  "step": result["step"], "wrappers_at_destroy": WRAPPERS_AT_DESTROY})
 
 
 def ddp_base_mode(toml: str, report_dir: str, stock: bool) -> None:
@@ -65,12 +87,14 @@ def ddp_base_mode(toml: str, report_dir: str, stock: bool) -> None:
     loss = (model(x, s, ctx, pooled, 1.0).float() ** 2).mean()
     accelerator.backward(loss)
     opt.step()
-    _write(report_dir, rank, {
+    report = {
         "base_before": before, "base_after": float(raw.dit.img_in.weight.double().sum()),
-        "lora": float(sum(p.double().sum() for p in raw.loras.parameters())),
+        "lora": float(sum(p.detach().double().sum() for p in raw.loras.parameters())),
         "lora_grad": float(sum(p.grad.double().abs().sum() for p in raw.loras.parameters())),
-    })
-    accelerator.end_training()
+    }
+    del model, raw, opt
+    D.shutdown(accelerator)
+    _write(report_dir, rank, {**report, "wrappers_at_destroy": WRAPPERS_AT_DESTROY})
 
 
 if __name__ == "__main__":
@@ -79,6 +103,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     torch.set_num_threads(1)
     mode, toml, report = sys.argv[1:4]
+    _count_wrappers_at_destroy()
     if mode == "train":
         train_mode(toml, report)
     else:

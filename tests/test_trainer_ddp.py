@@ -53,6 +53,30 @@ def test_lora_ddp_never_moves_the_base(ddp_toml, tmp_path):
     stock = _ddp_base(ddp_toml, tmp_path / "stock", "--stock")  # control: plain accelerate.prepare
     assert stock[1]["base_after"] == stock[0]["base_before"] != stock[1]["base_before"], \
         "stock DDP no longer broadcasts frozen parameters: the control of this test lost its meaning"
+    assert [r["wrappers_at_destroy"] for r in ours + stock] == [[0]] * 4
+
+
+def test_lora_ddp_training_releases_its_wrapper_before_the_process_group(comfy_root, tmp_path):
+    """``train()`` under DDP (2 processes, gloo) drops the DDP wrapper before it destroys the process
+    group. A wrapper freed after the group, at interpreter exit, makes gloo abort the finished process
+    about half the time (exit -6, torchrun reports the run failed after everything was saved)."""
+    from aceplus_host import cache_dir
+    from trainer import testing
+
+    tiny = cache_dir() / "trainer_tiny"
+    dit = testing.tiny_flux_file(tiny / "fill_h256.safetensors")
+    vae = testing.tiny_vae_file(tiny / "vae.safetensors")
+    manifest = testing.write_copy_dataset(tmp_path / "data", n=2, size=32)
+    toml = tmp_path / "train.toml"
+    toml.write_text(testing.to_toml(testing.base_config(dit, vae, manifest, tmp_path / "out", run={"max_steps": 1})))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "tests/dist_worker.py", "train", str(toml), str(tmp_path / "report")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    reports = [json.loads((tmp_path / "report" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["step"] for r in reports] == [1, 1]
+    assert [r["wrappers_at_destroy"] for r in reports] == [[0], [0]], "a DDP wrapper outlived the process group"
 
 
 def _mapped_ranges(path: Path) -> list[tuple[int, int]]:

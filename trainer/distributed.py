@@ -43,6 +43,23 @@ SHARDS = "sharded"          # folder inside a checkpoint: one safetensors file p
 GROUPS = "optimizer_groups.json"
 
 
+def shutdown(accelerator) -> None:
+    """Leave the process group in an order that cannot abort at exit.
+
+    Every rank finishes its collectives, accelerate's references to the wrapped model, optimizer and
+    scheduler are dropped (the caller drops its own first) and collected, and only then is the process
+    group destroyed. A DDP wrapper that outlives the group is freed during interpreter shutdown, where
+    gloo's teardown can abort the process ("terminate called without an active exception", exit -6)
+    after all the work was saved, and torchrun then reports the run as failed.
+    """
+    import gc
+
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
+
+
 def strategy(cfg: Config, world: int) -> str:
     """'single' | 'ddp' | 'fsdp' for this run (see the module docstring)."""
     want = cfg.train.distributed

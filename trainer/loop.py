@@ -387,7 +387,7 @@ def train(cfg: Config) -> dict:
     if accelerator.is_main_process:
         log.info("done: step %d, last loss %.4f, %.2f s; %s", step, losses[-1][1] if losses else float("nan"),
                  elapsed, report.summary())
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # without it, gloo/NCCL processes abort at exit
+    del model, optimizer, scheduler  # the wrappers go before the process group does
+    distributed.shutdown(accelerator)
     result["model"] = raw
     return result
