@@ -94,9 +94,15 @@ def test_stage2_variants_train_with_their_own_shapes(env, monkeypatch):
         return real(paths)
 
     monkeypatch.setattr(cache_mod, "load_batch", spy)
+    encoded = []
+    real_text = cache_mod.Encoders._encode_text
+    monkeypatch.setattr(cache_mod.Encoders, "_encode_text", lambda self, p: encoded.append(p) or real_text(self, p))
     result = loop.train(cfg)
     assert len(result["losses"]) == 6 and all(v == v for _, v in result["losses"])
     samples, _ = loop.load_samples(cfg)
+    # each distinct prompt is encoded once, not once per entry (4 samples x 4 variants; T5 dominates a
+    # real caching pass)
+    assert sorted(encoded) == sorted({s.prompt for s in samples}), encoded
     index = cache_mod.read_index(cfg, cache_mod.run_cache_pass(cfg, samples, {}))
     by_path = {e["path"]: e for e in index}
     assert len({(e["h"], e["w"]) for e in index}) > 1  # the variants really differ in size

@@ -36,10 +36,26 @@ def test_mmap_reader_matches_safetensors(encoders):
     assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
 
 
-def test_comfy_text_encoders_cache_and_train(encoders, tmp_path):
+def test_text_encoder_dtype_choice(comfy_root):
+    """'auto' leaves the GPU to ComfyUI (fp16) and computes in bf16 on the CPU; the others are explicit."""
+    import comfy.model_management as mm
+
+    from trainer.cache import text_encoder_dtype
+
+    on_cpu = mm.is_device_cpu(mm.text_encoder_device())
+    assert text_encoder_dtype("auto") == (torch.bfloat16 if on_cpu else None)
+    assert [text_encoder_dtype(c) for c in ("fp32", "bf16", "fp16")] == [torch.float32, torch.bfloat16, torch.float16]
+
+
+def test_comfy_text_encoders_cache_and_train(encoders, tmp_path, caplog):
     """Two samples with different prompts: the cached text is T5-XXL's (L, 4096) sequence and CLIP-L's
-    768-d pooled vector, finite, different per prompt; then one training step on it. (Not compared with a second ``load_clip`` of the
-    same files: that would hold a second 4.8 GB T5 in RAM on a shared CI box.)"""
+    768-d pooled vector, finite, different per prompt; then one training step on it. On the CPU the
+    encoders compute in bf16 (``text_encoder_dtype = "auto"``), which ComfyUI reports when it loads them.
+    (Not compared with a second ``load_clip`` of the same files: that would hold a second 4.8 GB T5 in
+    RAM on a shared CI box.)"""
+    import logging
+
+    caplog.set_level(logging.INFO)
     from aceplus_host import cache_dir
     from trainer import cache as C
     from trainer import testing
@@ -59,6 +75,8 @@ def test_comfy_text_encoders_cache_and_train(encoders, tmp_path):
     cfg = load_config(data=d)
     result = train(cfg)
     assert len(result["losses"]) == 1 and torch.isfinite(torch.tensor(result["losses"][0][1]))
+    loads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CLIP/text encoder model load")]
+    assert len(loads) == 1 and loads[0].endswith("dtype: torch.bfloat16"), loads
 
     entries = sorted(C.cache_root(cfg).glob("*.safetensors"))
     assert len(entries) == 2
