@@ -17,7 +17,8 @@
 #      or removed test fails the step instead of silently selecting fewer; the row is pytest's summary.
 # Then one table: measured peak next to the simulated live-tensor peak (margin excluded) and their ratio.
 #
-# Environment: PYTHON (default: python), GPU_CHECK_OUT (folder for the logs; default: a new temp folder).
+# Environment: PYTHON (default: python), GPU_CHECK_OUT (folder for the logs; default: a new temp folder),
+# GPU_CHECK_DTYPE_COLLECT_ONLY=1 (step 4 only collects its tests; for the test suite, which runs them itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -66,7 +67,12 @@ done
 timeout $LIMIT "${INFER_CMD[@]}" >"$OUT/inference.log" 2>&1
 echo "inference: exit $? ($(( $(date +%s) - START )) s)"
 DTYPE_TESTS=(tests/test_trainer_run.py::test_mixed_precision_and_fp8_base tests/test_trainer_cuda_dtypes.py)
-timeout $DTYPE_LIMIT "$PY" -m pytest -q -p no:cacheprovider "${DTYPE_TESTS[@]}" >"$OUT/dtype_paths.log" 2>&1
+# GPU_CHECK_DTYPE_COLLECT_ONLY=1: only collect them (every node id must still exist). tests/test_gpu_check.py
+# sets it: the suite it belongs to runs these tests itself, so the dry run would run them twice.
+DTYPE_MODE=()
+[[ ${GPU_CHECK_DTYPE_COLLECT_ONLY:-0} == 1 ]] && DTYPE_MODE=(--collect-only)
+timeout $DTYPE_LIMIT "$PY" -m pytest -q -p no:cacheprovider "${DTYPE_MODE[@]}" "${DTYPE_TESTS[@]}" \
+  >"$OUT/dtype_paths.log" 2>&1
 echo "dtype paths: exit $? ($(( $(date +%s) - START )) s)"
 wait $SIM_PID
 echo "simulation: exit $? ($(( $(date +%s) - START )) s)"
