@@ -51,7 +51,7 @@ def entry_key(cfg: Config, s: Sample, variant: int) -> str:
         return _stat(p) if p and os.path.isfile(p) else [p]
 
     te = (["stub", cfg.model.dit] if cfg.model.text_encoder == "stub_test_only"
-          else [ident_of(cfg.model.clip_l), ident_of(cfg.model.t5xxl), cfg.model.text_encoder_dtype])
+          else [ident_of(cfg.model.clip_l), ident_of(cfg.model.t5xxl)])
     ident = {
         "files": [_stat(p) for p in (s.target_image, s.edit_image, s.edit_mask, *s.references) if p],
         "prompt": s.prompt, "canvas": dataclasses.asdict(cfg.canvas), "kind": cfg.model.kind,
@@ -141,20 +141,6 @@ def mmap_safetensors(path: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def text_encoder_dtype(choice: str) -> Optional[torch.dtype]:
-    """``model.text_encoder_dtype`` as a torch dtype; None leaves it to ComfyUI (auto on a GPU).
-
-    On the CPU 'auto' is bf16: ComfyUI picks fp16 for text encoders everywhere, and most CPUs emulate
-    fp16 matmuls (a 77 x 4096 x 10240 T5 projection on the 2-core dev VM: fp16 0.136 s, fp32 0.067 s,
-    bf16 0.018 s). bf16 is also the dtype T5 was trained in; fp16 T5 needs ComfyUI's overflow clamps.
-    """
-    import comfy.model_management as mm
-
-    if choice == "auto":
-        return torch.bfloat16 if mm.is_device_cpu(mm.text_encoder_device()) else None
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
-
-
 class Encoders:
     """VAE + text encoder, loaded through ComfyUI's loaders, only for the caching pass."""
 
@@ -180,10 +166,9 @@ class Encoders:
                                       "'stub_test_only' for tests.")
             # ComfyUI's own loader (what load_clip / DualCLIPLoader call after reading the files), fed
             # memory-mapped tensors: the 4.8-9.5 GB T5 file is never copied into RAM before the load.
-            dtype = text_encoder_dtype(cfg.model.text_encoder_dtype)
             self.clip = comfy.sd.load_text_encoder_state_dicts(
                 [mmap_safetensors(cfg.model.clip_l), mmap_safetensors(cfg.model.t5xxl)],
-                clip_type=comfy.sd.CLIPType.FLUX, model_options={} if dtype is None else {"dtype": dtype})
+                clip_type=comfy.sd.CLIPType.FLUX)
         else:
             log.warning("model.text_encoder = 'stub_test_only': prompts become seeded random embeddings. "
                         "TEST ONLY: a model trained like this ignores its prompts.")
@@ -246,9 +231,9 @@ def run_cache_pass(cfg: Config, samples: list[Sample], dit_shapes: dict, is_main
     keys = [(i, v, entry_key(cfg, s, v)) for i, s in enumerate(samples) for v in range(cfg.canvas.variants)]
     todo = [(i, v, k) for i, v, k in keys if not (root / f"{k}.safetensors").exists()]
     if todo and is_main:
-        root.mkdir(parents=True, exist_ok=True)
         from tqdm.auto import tqdm
 
+        root.mkdir(parents=True, exist_ok=True)
         log.info("caching %d of %d entries into %s", len(todo), len(keys), root)
         enc = Encoders(cfg, dit_shapes)
         for i, v, k in tqdm(todo, desc="cache", unit="entry", dynamic_ncols=True):

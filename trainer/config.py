@@ -54,9 +54,6 @@ class ModelConfig:
     text_encoder: Literal["comfy", "stub_test_only"] = doc(
         "'comfy' encodes prompts with CLIP-L + T5-XXL through ComfyUI's loader. 'stub_test_only' makes "
         "seeded random embeddings from the prompt text (TESTS ONLY: the model learns nothing from text).", "comfy")
-    text_encoder_dtype: Literal["auto", "fp32", "bf16", "fp16"] = doc(
-        "Compute dtype of CLIP-L + T5-XXL in the caching pass. 'auto' = ComfyUI's choice on a GPU (fp16), "
-        "bf16 on the CPU (ComfyUI's fp16 is emulated there: several times slower than bf16 or fp32).", "auto")
     num_heads: int = doc(
         "Attention heads; 0 = hidden_size / 128 (24 for every real FLUX). Only tiny test models need this: "
         "ComfyUI <= 0.8 detection fixes 24 heads.", 0)
