@@ -201,6 +201,26 @@ def test_failing_sample_render_costs_no_checkpoint(env, monkeypatch, caplog):
     assert len(errors) == 3 and all(r.exc_info and "same dtype" in str(r.exc_info[1]) for r in errors)
 
 
+def test_failing_sample_render_under_fsdp_stops_the_run_with_the_resume_advice(env, monkeypatch):
+    """Under FSDP every rank renders together: a rank whose render failed cannot let the others wait in a
+    collective it will never join, so the error ends the run (after the step's checkpoint) and says how
+    to go on, instead of being logged and skipped as in a single-process run."""
+    import types
+
+    from trainer import distributed, loop
+
+    def broken(cfg, model, samples, paths, step, accelerator):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(distributed, "strategy", lambda cfg, world: "fsdp")
+    monkeypatch.setattr(distributed, "render_samples", broken)
+    rank1 = types.SimpleNamespace(num_processes=2, process_index=1, is_main_process=False)
+    with pytest.raises(RuntimeError, match=r"step 7 failed on rank 1 .*CUDA out of memory.*run.resume = 'latest'") \
+            as err:
+        loop.sample_phase(_cfg(env, "fsdp_render"), None, [], {}, rank1, 7)
+    assert str(err.value.__cause__) == "CUDA out of memory"
+
+
 # --- export check ---------------------------------------------------------------------------------
 
 def test_export_check_fails_on_a_bad_key_set(env):

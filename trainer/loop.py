@@ -312,8 +312,10 @@ def save_phase(cfg: Config, raw: Trainable, optimizer, scheduler, accelerator, s
 
 
 def sample_phase(cfg: Config, raw: Trainable, samples, paths: dict, accelerator, step: int) -> None:
-    """Render sample images; runs after the checkpoint of this step, and an error in it is logged
-    (with its traceback) instead of ending the run: a broken preview never costs training."""
+    """Render sample images; runs after the checkpoint of this step. An error in it is logged (with
+    its traceback) instead of ending the run: a broken preview never costs training. Under FSDP it
+    ends the run instead: every rank renders together, and a rank that gave up mid-render would leave
+    the others waiting in a collective it never joins (a hang until the collective times out)."""
     fsdp = distributed.strategy(cfg, accelerator.num_processes) == "fsdp"
     if not accelerator.is_main_process and not fsdp:
         return
@@ -324,7 +326,13 @@ def sample_phase(cfg: Config, raw: Trainable, samples, paths: dict, accelerator,
             distributed.render_samples(cfg, raw, samples, paths, step, accelerator)
         else:
             render_samples(raw, cfg, samples, paths, step, accelerator)
-    except Exception:
+    except Exception as err:
+        if fsdp:
+            raise RuntimeError(
+                f"sample rendering at step {step} failed on rank {accelerator.process_index} of a sharded (FSDP) "
+                f"run: {err}. Every rank renders together, so the other ranks cannot go on without this one; "
+                "the run stops here. The checkpoint of this step is saved: fix the cause (or set "
+                "run.sample_every = 0) and continue with run.resume = 'latest'.") from err
         log.exception("sample rendering at step %d failed; training continues (the checkpoint is saved)", step)
 
 
