@@ -32,17 +32,18 @@ def ddp_toml(comfy_root, tmp_path_factory):
     return toml
 
 
-def _ddp_base(toml: Path, report: Path, *extra: str) -> list[dict]:
+def _worker(mode: str, toml: Path, report: Path, *extra: str) -> list[dict]:
+    """``tests/dist_worker.py MODE`` on 2 processes (torchrun, gloo); the two ranks' reports."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "tests/dist_worker.py", "ddp_base", str(toml), str(report), *extra],
+                           "tests/dist_worker.py", mode, str(toml), str(report), *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return [json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 def test_lora_ddp_never_moves_the_base(ddp_toml, tmp_path):
-    ours = _ddp_base(ddp_toml, tmp_path / "ours")
+    ours = _worker("ddp_base", ddp_toml, tmp_path / "ours")
     for r in ours:  # each rank keeps its own base: nothing was broadcast onto it
         assert r["base_after"] == r["base_before"]
     assert ours[0]["base_before"] != ours[1]["base_before"]
@@ -50,7 +51,7 @@ def test_lora_ddp_never_moves_the_base(ddp_toml, tmp_path):
     assert ours[0]["lora_grad"] == pytest.approx(ours[1]["lora_grad"], rel=1e-6)
     assert ours[0]["lora"] == pytest.approx(ours[1]["lora"], rel=1e-6)
 
-    stock = _ddp_base(ddp_toml, tmp_path / "stock", "--stock")  # control: plain accelerate.prepare
+    stock = _worker("ddp_base", ddp_toml, tmp_path / "stock", "--stock")  # control: plain accelerate.prepare
     assert stock[1]["base_after"] == stock[0]["base_before"] != stock[1]["base_before"], \
         "stock DDP no longer broadcasts frozen parameters: the control of this test lost its meaning"
     assert [r["wrappers_at_destroy"] for r in ours + stock] == [[0]] * 4
@@ -69,12 +70,7 @@ def test_lora_ddp_training_releases_its_wrapper_before_the_process_group(comfy_r
     manifest = testing.write_copy_dataset(tmp_path / "data", n=2, size=32)
     toml = tmp_path / "train.toml"
     toml.write_text(testing.to_toml(testing.base_config(dit, vae, manifest, tmp_path / "out", run={"max_steps": 1})))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "tests/dist_worker.py", "train", str(toml), str(tmp_path / "report")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    reports = [json.loads((tmp_path / "report" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reports = _worker("train", toml, tmp_path / "report")
     assert [r["step"] for r in reports] == [1, 1]
     assert [r["wrappers_at_destroy"] for r in reports] == [[0], [0]], "a DDP wrapper outlived the process group"
 

@@ -46,8 +46,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run", "--disable-component-update", "--disable-sync"]
 SHIPPED = shipped_workflows()
 MAX_SCREENSHOT_BYTES = 300_000
-UPDATE_SCREENSHOTS = os.environ.get("ACEPP_UPDATE_SCREENSHOTS") == "1"
-SCREENSHOT_EVERY_RUN = "ace_reference_editing"  # the others with ACEPP_SCREENSHOTS=1 or ACEPP_UPDATE_SCREENSHOTS=1
+UPDATE_SCREENSHOTS = os.environ.get("ACEPP_UPDATE_SCREENSHOTS") == "1"  # into docs/images/workflows
+ALL_SCREENSHOTS = UPDATE_SCREENSHOTS or os.environ.get("ACEPP_SCREENSHOTS") == "1"  # else one per run:
+SCREENSHOT_EVERY_RUN = "ace_reference_editing"
 
 # Front-end-owned requests that fail offline or on ComfyUI 0.3.75 (by path, on our own server).
 FRONTEND_OWN_PATHS = (re.compile(r"^/(api/)?userdata(/|\?|$)"), re.compile(r"^/(api/)?user\.css$"),
@@ -224,7 +225,7 @@ def test_loads(name, page, frontend_server):
     ours = strip_meta(ui_to_api(wf, frontend_server.object_info()))
     assert strip_meta(front) == ours
 
-    if name == SCREENSHOT_EVERY_RUN or os.environ.get("ACEPP_SCREENSHOTS") == "1" or UPDATE_SCREENSHOTS:
+    if ALL_SCREENSHOTS or name == SCREENSHOT_EVERY_RUN:
         screenshot_graph(page, name)  # about 1 s each: all of them on request only
 
     errors = page.console.take()
