@@ -33,7 +33,11 @@ class LiveBytes:
     Every output storage of every op is counted once (views share it) under the current ``tag``
     and uncounted when the storage object dies (``weakref.finalize``). ``retag`` moves a tensor's
     storage to another owner (a gradient, an optimizer state) without counting it twice.
+    Storages tagged ``HOST`` (offloaded weights and activations) live in host memory: they count in
+    ``host_total`` / ``host_peak``, never in the device ``total`` / ``peak``.
     """
+
+    HOST = "host"
 
     def __new__(cls):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -55,6 +59,8 @@ class LiveBytes:
         self.totals = defaultdict(int)
         self.total = 0
         self.peak = 0
+        self.host_total = 0
+        self.host_peak = 0
         self.peak_by: dict[str, int] = {}
         self.tag = "temporaries"
         self.attention_ops: set[str] = set()
@@ -74,8 +80,16 @@ class LiveBytes:
         n = st.nbytes()
         self.live[key] = [n, self.tag]
         self.totals[self.tag] += n
-        self.total += n
+        self._count(self.tag, n)
         weakref.finalize(st, self._drop, key)
+
+    def _count(self, tag: str, n: int) -> None:
+        """Add ``n`` bytes (negative: remove) to the device or the host total; track the peaks."""
+        if tag == self.HOST:
+            self.host_total += n
+            self.host_peak = max(self.host_peak, self.host_total)
+            return
+        self.total += n
         if self.total > self.peak:
             self.peak = self.total
             self.peak_by = dict(self.totals)
@@ -83,7 +97,7 @@ class LiveBytes:
     def _drop(self, key: int) -> None:
         n, tag = self.live.pop(key)
         self.totals[tag] -= n
-        self.total -= n
+        self._count(tag, -n)
 
     def retag(self, tensor, tag: str) -> None:
         st = _local(tensor).untyped_storage()
@@ -91,8 +105,10 @@ class LiveBytes:
             self.add(st)
         entry = self.live[st._cdata]
         self.totals[entry[1]] -= entry[0]
+        self._count(entry[1], -entry[0])
         self.totals[tag] += entry[0]
         entry[1] = tag
+        self._count(tag, entry[0])
 
     def resized(self, st) -> None:
         """A storage resized in place (FSDP2 frees and re-allocates its all-gather buffers that way)."""
@@ -100,15 +116,12 @@ class LiveBytes:
             return self.add(st)
         entry, n = self.live[st._cdata], st.nbytes()
         self.totals[entry[1]] += n - entry[0]
-        self.total += n - entry[0]
+        self._count(entry[1], n - entry[0])
         entry[0] = n
-        if self.total > self.peak:
-            self.peak = self.total
-            self.peak_by = dict(self.totals)
 
     def reset_peak(self) -> None:
         self.peak = self.total
-        self.peak_by = dict(self.totals)
+        self.peak_by = dict(self.totals)  # (host_peak: over the whole run)
 
 
 # --- 8-bit AdamW states at bitsandbytes' size ----------------------------------------------------

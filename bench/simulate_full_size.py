@@ -55,18 +55,22 @@ for _p in (ROOT, ROOT / "bench"):  # the trainer; simulate_fsdp (the FSDP row) n
         sys.path.insert(0, str(_p))
 
 from live_bytes import Adam8bitStates, LiveBytes  # noqa: E402  (bench/, on sys.path above)
+from simulate_offload import (OFFLOAD_HEADER, attach_offload, fmt_offload_row, offload_specs,  # noqa: E402
+                              transfer_counters)
 
 log = logging.getLogger("simulate_full_size")
 
 GIB = 2 ** 30
-MARGIN_FIXED_GIB = 1.0   # CUDA context + cuBLAS workspace (0.5-0.8 GiB) rounded up
-MARGIN_FRACTION = 0.08   # caching-allocator rounding + fragmentation on a loop of same-shaped steps
+# CUDA context + cuBLAS workspace (0.5-0.8 GiB) rounded up to 1.0 GiB; + 8 % for the caching allocator's rounding
+# and fragmentation on a loop of same-shaped steps. The trainer's offload plan uses the same margin.
+from trainer.offload_plan import MARGIN_FIXED_GIB, MARGIN_FRACTION, with_margin  # noqa: E402
 # Published dense bf16 peaks (no sparsity): H100 SXM5 989.4 TFLOPS (NVIDIA H100 datasheet, "BF16 Tensor
 # Core 1,979 TFLOPS*" with * = with sparsity); RTX 4090 165.2 TFLOPS with FP32 accumulate (NVIDIA Ada
 # Lovelace architecture whitepaper, table 2: 330.3 with sparsity).
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "RTX 4090": 165.2}
 ASSUMED_MFU = 0.40  # for the time estimate: a typical achieved fraction for bf16 DiT training (an assumption)
 TAGS = ("weights", "lora", "grads", "optimizer", "activations", "temporaries")
+SEARCH_CAP = 32768  # largest canvas searched with offloading (4x the paper's 8192 tokens)
 FULL = {"depth": 19, "single": 38, "hidden": 3072, "heads": 24}
 
 
@@ -114,6 +118,9 @@ class Spec:
     checkpointing: bool = True
     shard: int = 1                 # FSDP world size for full fine-tunes (rank 0 on a fake process group)
     sampling: str = ""             # "" = training step; "nodes" | "stock" = one sampling step (no grad)
+    offload_blocks: int = 0        # trainer.offload: blocks streamed from host memory (-1 = all)
+    offload_act: bool = False      # trainer.offload: checkpointed block inputs in host memory
+    prefetch: int = 1
 
 
 def latent_hw(img_tokens: int) -> tuple[int, int]:
@@ -296,6 +303,7 @@ def run_step(spec: Spec, fake: bool = True, steps: int = 2, seed: int = 0, count
         tracker.tag = "lora"
         with noop_to_for_fake():
             model = Trainable(dit, cfg).train()
+            streamer = attach_offload(spec, model, tracker)
         tracker.tag = "weights" if not spec.rank else "temporaries"
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
@@ -321,15 +329,17 @@ def run_step(spec: Spec, fake: bool = True, steps: int = 2, seed: int = 0, count
         target = torch.randn(1, 16, h, w, generator=None if fake else g)
         s = torch.full((1,), 0.5)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.compute == "bf16")
+        moved = {}
         flops, phases, _ = measured_steps(model, params, opt, (x_in, s, ctx, pooled, target), cfg, tracker, steps,
-                                          autocast, count_flops)
+                                          autocast, count_flops, *transfer_counters(model, streamer, moved))
         peak, by = max(phases.values(), key=lambda v: v[0])
         n_train = sum(p.numel() for p in params)
         n_base = sum(p.numel() for p in dit.parameters())
         ops = sorted(tracker.attention_ops)
     return {"peak_bytes": peak, "by_tag": by, "flops": flops, "trainable_params": n_train, "base_params": n_base,
             "phases": {k: {"peak_bytes": v[0], "by_tag": v[1]} for k, v in phases.items()}, "attention_ops": ops,
-            "img_tokens": spec.img_tokens, "txt_tokens": spec.txt_tokens}
+            "img_tokens": spec.img_tokens, "txt_tokens": spec.txt_tokens, "host_peak_bytes": tracker.host_peak,
+            "offload": bool(spec.offload_blocks or spec.offload_act), **moved}
 
 
 def run_sampling(spec: Spec) -> dict:
@@ -388,10 +398,6 @@ def run_sampling(spec: Spec) -> dict:
             "base_params": 0, "attention_ops": ops, "img_tokens": spec.img_tokens, "txt_tokens": spec.txt_tokens}
 
 
-def with_margin(peak_bytes: float) -> float:
-    return peak_bytes * (1 + MARGIN_FRACTION) + MARGIN_FIXED_GIB * GIB
-
-
 # --- the table ------------------------------------------------------------------------------------
 
 def lora_specs(base: Spec) -> list[Spec]:
@@ -410,6 +416,7 @@ def all_specs(depth: tuple[int, int], img_tokens: int, hidden: int, heads: int, 
                 txt_tokens=txt_tokens)
     specs = lora_specs(base)
     specs.append(replace(base, name=f"fft_lora_r64_fp8_{img_tokens}", kind="fft"))
+    specs += offload_specs(base)
     specs.append(replace(base, name=f"full_ft_fsdp8_{img_tokens}", rank=0, base="fp32", optim="adamw", shard=8))
     for b in ("bf16", "fp8_e4m3fn"):
         short = {"bf16": "bf16", "fp8_e4m3fn": "fp8"}[b]
@@ -436,11 +443,12 @@ def simulate(spec: Spec) -> dict:
 
 
 def largest_canvas(base: Spec, budget_gib: float, known: dict[int, float] | None = None,
-                   quantum: int = 512) -> tuple[int, float, dict[int, float]]:
+                   quantum: int = 512, cap: int = 0) -> tuple[int, float, dict[int, float]]:
     """Largest image-token count (a multiple of ``quantum`` = 64 rows x 8) whose simulated peak with
     margin fits ``budget_gib``. The peak grows linearly with the tokens (attention keeps no L x L
     matrix), so two simulated points give the candidate; each candidate is then simulated itself and
-    moved down by ``quantum`` until it fits. Every number reported is a simulated one."""
+    moved down by ``quantum`` until it fits. Every number reported is a simulated one. ``cap`` > 0:
+    search no further (the answer is then "at least ``cap``")."""
     known = dict(known or {})
 
     def peak(tokens: int) -> float:
@@ -452,11 +460,13 @@ def largest_canvas(base: Spec, budget_gib: float, known: dict[int, float] | None
     a, b = 4096, 8192
     slope = (peak(b) - peak(a)) / (b - a)
     guess = max(quantum, int((b + (budget_gib - peak(b)) / slope) // quantum * quantum))
+    if cap:
+        guess = min(guess, cap)
     while peak(guess) > budget_gib and guess > quantum:
         guess -= quantum
     if peak(guess) > budget_gib:
         return 0, peak(guess), known
-    while peak(guess + quantum) <= budget_gib:  # the line was pessimistic
+    while (not cap or guess < cap) and peak(guess + quantum) <= budget_gib:  # the line was pessimistic
         guess += quantum
     return guess, peak(guess), known
 
@@ -511,7 +521,18 @@ def main(argv=None) -> int:
              "+ margin GiB | TFLOP/step | est. s/step H100 | est. s/step 4090 |")
     log.info("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        log.info("%s", fmt_row(name, r))
+        if not r.get("offload"):
+            log.info("%s", fmt_row(name, r))
+    offloaded = {name: r for name, r in results.items() if r.get("offload")}
+    if offloaded:
+        log.info("")
+        log.info("Offloaded rows (trainer.offload; device and host counted apart; times are ESTIMATES: "
+                 "max(compute at %.0f%% MFU, weight copies on the side stream) + activation copies)",
+                 100 * ASSUMED_MFU)
+        log.info("%s", OFFLOAD_HEADER)
+        log.info("|%s", "---|" * (OFFLOAD_HEADER.count("|") - 1))
+        for name, r in offloaded.items():
+            log.info("%s", fmt_offload_row(name, r, estimates(r["flops"]), TAGS))
     for a, b in (("sample_nodes_bf16", "sample_stock_bf16"), ("sample_nodes_fp8", "sample_stock_fp8")):
         a, b = f"{a}_{args.img_tokens}", f"{b}_{args.img_tokens}"
         if a in results and b in results:
@@ -526,6 +547,15 @@ def main(argv=None) -> int:
                 log.info("largest canvas, LoRA rank %d, fp8 base, 8-bit AdamW, %d GB card: %d image tokens "
                          "(%.2f GiB with margin)", rank, budget, tokens, peak)
                 summary[f"max_tokens_r{rank}_fp8_{budget}gb"] = tokens
+        for rank in (16, 64):  # every block streamed, block inputs in host memory
+            known = {}
+            for budget in (16, 12, 8):
+                tokens, peak, known = largest_canvas(replace(base, rank=rank, offload_blocks=-1, offload_act=True),
+                                                     budget, known, cap=SEARCH_CAP)
+                log.info("largest canvas, LoRA rank %d, fp8 base streamed + block inputs on the host, 8-bit AdamW, "
+                         "%d GB card: %s image tokens (%.2f GiB with margin)", rank, budget,
+                         f">= {tokens}" if tokens == SEARCH_CAP else tokens, peak)
+                summary[f"max_tokens_r{rank}_fp8_offload_{budget}gb"] = tokens
     log.info("MFU/time columns are estimates: FLOPs counted by FlopCounterMode (incl. checkpoint recompute) / "
              "(published dense bf16 peak x assumed MFU %.0f%%)", 100 * ASSUMED_MFU)
     sys.stdout.write(json.dumps(summary) + "\n")

@@ -154,6 +154,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class OffloadConfig:
+    base_blocks: int = doc(
+        "LoRA on small cards: this many transformer blocks (in the order they run: FLUX.1's 19 double, then 38 "
+        "single) keep their frozen base weights in host memory and are copied to the GPU just before they run "
+        "(forward, checkpoint recompute + backward), the next ones ahead on a side stream; -1 = every block, "
+        "0 = off. The LoRA, its gradients and optimizer state stay on the GPU. Needs gradient_checkpointing.", 0)
+    activations: bool = doc(
+        "Keep the block inputs that checkpointing saves in host memory (torch's save_on_cpu; 2.9 GiB at 8192 "
+        "tokens) instead of on the GPU.", False)
+    auto: bool = doc(
+        "Choose base_blocks and activations: the least offloading whose predicted peak (the simulation's model, "
+        "with margin) fits offload.memory_gib or the card's free memory; leave those two unset.", False)
+    memory_gib: float = doc(
+        "Device memory the run may use, for auto and the fit check before the first step; 0 = what the card "
+        "has free at the start.", 0.0)
+    prefetch: int = doc("Blocks copied ahead of the running one (1-4); each holds one more block on the GPU.", 1)
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     steps: int = doc("Euler steps for sample images.", 20)
     guidance: float = doc("Guidance embedding for samples (release inference: 50).", 50.0)
@@ -169,6 +188,7 @@ class Config:
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
@@ -338,10 +358,34 @@ def validate(cfg: Config) -> None:
     if cfg.train.distributed == "fsdp" and cfg.train.mixed_precision == "fp16":
         raise ConfigError("train.distributed = 'fsdp' with train.mixed_precision = 'fp16' needs a sharded grad "
                           "scaler, which this trainer does not use; set train.mixed_precision = 'bf16' or 'no'.")
+    validate_offload(cfg)
     if not cfg.model.dit:
         raise ConfigError("model.dit is empty: set it to the FLUX.1-Fill-dev (or ACE++ FFT) .safetensors file.")
     if not cfg.data.manifest:
         raise ConfigError("data.manifest is empty: set it to your dataset's .csv or .jsonl file.")
+
+
+def validate_offload(cfg: Config) -> None:
+    o = cfg.offload
+    if not (o.base_blocks or o.activations or o.auto):
+        return
+    if not cfg.lora.enabled:
+        raise ConfigError("offload.* streams the frozen base of a LoRA run; a full fine-tune trains every weight "
+                          "(nothing is frozen): set offload.base_blocks = 0, offload.activations = false and "
+                          "offload.auto = false, and shard it over several GPUs instead (train.distributed = 'auto').")
+    if not cfg.model.gradient_checkpointing:
+        raise ConfigError("offload.* needs model.gradient_checkpointing = true: without it every block's weights "
+                          "and activations stay alive until backward, so streaming would save nothing.")
+    if o.base_blocks < -1:
+        raise ConfigError(f"offload.base_blocks = {o.base_blocks}: use -1 (every block), 0 (off) or a block count.")
+    if not 1 <= o.prefetch <= 4:
+        raise ConfigError(f"offload.prefetch = {o.prefetch}: use 1 (one block ahead) to 4.")
+    if o.memory_gib < 0:
+        raise ConfigError(f"offload.memory_gib = {o.memory_gib} must be >= 0 (0 = the card's free memory).")
+    if o.auto and (o.base_blocks or o.activations):
+        raise ConfigError("offload.auto = true chooses offload.base_blocks and offload.activations itself; leave "
+                          f"them at 0 / false (got {o.base_blocks} / {str(o.activations).lower()}), or set "
+                          "offload.auto = false to keep yours.")
 
 
 def toml_value(v: Any) -> str:

@@ -144,7 +144,8 @@ def prepare_model(accelerator, model: nn.Module, cfg: Config) -> tuple[nn.Module
         ignored = ddp_ignore_frozen(model)
         log.info("DDP: %d frozen tensors on the ignore list (never broadcast or all-reduced); %d trainable move",
                  len(ignored), sum(1 for p in model.parameters() if p.requires_grad))
-    return accelerator.prepare(model), s
+    # offload: the streamed blocks stay in host memory, so accelerate must not move the model wholesale
+    return accelerator.prepare(model, device_placement=[getattr(model, "streamer", None) is None]), s
 
 
 def no_sync(accelerator, model: nn.Module, mode: str, sync: bool):

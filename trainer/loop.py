@@ -27,6 +27,7 @@ import torch
 from . import cache as cache_mod
 from . import distributed
 from . import checkpoint as ckpt
+from . import offload, offload_plan
 from .config import Config, ConfigError
 from .data import load_samples
 from .export import export
@@ -200,10 +201,15 @@ def cache_phase(cfg: Config, samples, dit_shapes: dict, accelerator) -> list[dic
     return cache_mod.read_index(cfg, keys)
 
 
-def build_model(cfg: Config, device: torch.device) -> Trainable:
-    """Model phase: the DiT with adapters (or all weights trainable), optionally from a released LoRA."""
+def build_model(cfg: Config, device: torch.device, plan=None, accelerator=None) -> Trainable:
+    """Model phase: the DiT with adapters (or all weights trainable), optionally from a released LoRA;
+    with an offload ``plan``, built on the host and placed by ``trainer.offload``."""
     torch.manual_seed(cfg.run.seed)
-    model = Trainable(load_dit(cfg, device), cfg)
+    if plan is not None:
+        main = accelerator is None or accelerator.is_main_process
+        model = offload.build(cfg, device, plan, main, accelerator.wait_for_everyone if accelerator else lambda: None)
+    else:
+        model = Trainable(load_dit(cfg, device), cfg)
     if cfg.lora.init_from:
         if not cfg.lora.enabled:
             raise ConfigError("lora.init_from needs lora.enabled = true; for a full fine-tune set model.dit instead.")
@@ -361,7 +367,8 @@ def train(cfg: Config) -> dict:
         return {"step": 0, "losses": [], "cached": len(index)}
     paths = {(e["sample"], e["variant"]): e["path"] for e in index}
     plan = BatchPlan(index, cfg.train.batch_size * accelerator.num_processes, cfg.run.seed)
-    model = build_model(cfg, accelerator.device)                          # model
+    fit = offload_plan.plan(cfg, dit_shapes, index, accelerator.device)   # offload: fits before any load
+    model = build_model(cfg, accelerator.device, fit, accelerator)        # model
     model, optimizer, scheduler = prepare_training(model, cfg, accelerator)  # optimizer / resume
     raw = accelerator.unwrap_model(model)
     step, micro = resume_phase(cfg, raw, optimizer, scheduler, accelerator)

@@ -66,13 +66,17 @@ def _dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8_e4m3fn": torch.float8_e4m3fn}[name]
 
 
-def load_dit(cfg: Config, device: torch.device) -> nn.Module:
+def load_dit(cfg: Config, device: torch.device, convert=None, on_host: bool = False) -> nn.Module:
     """ComfyUI's Flux module with the file's weights, on ``device``, in the storage dtype of the run."""
-    return load_base_model(cfg, device).diffusion_model
+    return load_base_model(cfg, device, convert, on_host).diffusion_model
 
 
-def load_base_model(cfg: Config, device: torch.device):
-    """ComfyUI's ``BaseModel`` (model_base.Flux) for the file; ``.diffusion_model`` is the DiT."""
+def load_base_model(cfg: Config, device: torch.device, convert=None, on_host: bool = False):
+    """ComfyUI's ``BaseModel`` (model_base.Flux) for the file; ``.diffusion_model`` is the DiT.
+
+    ``device`` decides the dtypes and ops (as ComfyUI decides them for it); ``on_host`` leaves the weights
+    on the CPU for ``trainer.offload`` to place, and ``convert(weights, dtypes)`` (offload) returns the
+    weights in the run's dtypes from one shared file instead of private per-process conversions."""
     import comfy.model_detection
     import comfy.model_management
     import comfy.sd
@@ -112,9 +116,10 @@ def load_base_model(cfg: Config, device: torch.device):
         manual_cast = comfy.model_management.unet_manual_cast(weight_dtype, device,
                                                               model_config.supported_inference_dtypes)
         model_config.set_inference_dtype(weight_dtype, manual_cast)
-        model = _mmap_model(model_config, sd)
+        model = _mmap_model(model_config, sd, convert)
     dit = model.diffusion_model
-    dit.to(device)
+    if not on_host:
+        dit.to(device)
     n = sum(p.numel() for p in dit.parameters())
     log.info("DiT %s: %.1f M parameters, hidden %d, %d heads, %d double / %d single blocks, weights %s",
              Path(cfg.model.dit).name, n / 1e6, hidden, heads, len(dit.double_blocks), len(dit.single_blocks),
@@ -122,7 +127,7 @@ def load_base_model(cfg: Config, device: torch.device):
     return model
 
 
-def _mmap_model(model_config, sd: dict):
+def _mmap_model(model_config, sd: dict, convert=None):
     """ComfyUI's model for ``model_config`` built on the meta device, its weights *assigned* from the
     memory-mapped file instead of copied into freshly allocated ones.
 
@@ -142,6 +147,8 @@ def _mmap_model(model_config, sd: dict):
     if missing or unexpected:
         raise ConfigError(f"model.dit: the file does not match the detected FLUX layout: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}. Is it a complete BFL-key FLUX diffusion model?")
+    if convert is not None:
+        weights = convert(weights, {k: skeleton[k].dtype for k in weights})
     dit.load_state_dict({k: (v if v.dtype == skeleton[k].dtype else v.to(skeleton[k].dtype))
                          for k, v in weights.items()}, strict=True, assign=True)
     left = [n for n, t in [*dit.named_parameters(), *dit.named_buffers()] if t.is_meta]
@@ -293,31 +300,39 @@ class Trainable(nn.Module):
             dit.requires_grad_(True)
         self.checkpointing = cfg.model.gradient_checkpointing
         self.input_dtype = ops_input_dtype(dit)
+        # offload.activations: (block args) -> saved-tensor hooks around each checkpointed block (trainer.offload)
+        self.saved_block_inputs = None
 
     def _block_patches(self, checkpointing: bool) -> dict:
         """Blocks run through FLUX's own ``patches_replace`` hook (no monkey patching): with copies of
         their inputs (ComfyUI's blocks add in place, which autograd rejects when the input is saved
         for backward), and with per-block checkpointing when enabled."""
-        def ckpt(fn, *tensors):
+        def ckpt(fn, args, *tensors):
             if not checkpointing:
                 return _out_of_place(fn)(*tensors)
-            return torch.utils.checkpoint.checkpoint(_out_of_place(fn), *tensors, use_reentrant=False)
+            hooks = self.saved_block_inputs(args) if self.saved_block_inputs else contextlib.nullcontext()
+            with hooks:
+                return torch.utils.checkpoint.checkpoint(_out_of_place(fn), *tensors, use_reentrant=False)
 
         patches = {}
+        # ``run`` captures the mask and options, never ``args``: the checkpoint keeps ``run`` until backward,
+        # and ``args`` would keep the block inputs alive on the device beside what the checkpoint saved
         for i, blk in enumerate(self.dit.double_blocks):
             def double(args, extra, blk=blk):  # bind blk now: closures in loops bind late
+                mask, topts = args.get("attn_mask"), args.get("transformer_options", {})
+
                 def run(img, txt, vec, pe):
-                    return blk(img=img, txt=txt, vec=vec, pe=pe, attn_mask=args.get("attn_mask"),
-                               transformer_options=args.get("transformer_options", {}))
-                img, txt = ckpt(run, args["img"], args["txt"], args["vec"], args["pe"])
+                    return blk(img=img, txt=txt, vec=vec, pe=pe, attn_mask=mask, transformer_options=topts)
+                img, txt = ckpt(run, args, args["img"], args["txt"], args["vec"], args["pe"])
                 return {"img": img, "txt": txt}
             patches[("double_block", i)] = double
         for i, blk in enumerate(self.dit.single_blocks):
             def single(args, extra, blk=blk):
+                mask, topts = args.get("attn_mask"), args.get("transformer_options", {})
+
                 def run(img, vec, pe):
-                    return blk(img, vec=vec, pe=pe, attn_mask=args.get("attn_mask"),
-                               transformer_options=args.get("transformer_options", {}))
-                return {"img": ckpt(run, args["img"], args["vec"], args["pe"])}
+                    return blk(img, vec=vec, pe=pe, attn_mask=mask, transformer_options=topts)
+                return {"img": ckpt(run, args, args["img"], args["vec"], args["pe"])}
             patches[("single_block", i)] = single
         return patches
 
