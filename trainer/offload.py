@@ -77,7 +77,7 @@ def same_alignment_copy(t: torch.Tensor) -> torch.Tensor:
         ptr = t.data_ptr() if t.device.type == "cpu" and t.is_contiguous() else 0
     except RuntimeError:  # a fake tensor (the simulation) has no address
         ptr = 0
-    if not ptr:
+    if not ptr or ptr % ALIGN == 0:  # (empty_like is ALIGN-aligned already)
         return torch.empty_like(t).copy_(t)
     n = _nbytes(t)
     buf = torch.empty(n + ALIGN, dtype=torch.uint8)
