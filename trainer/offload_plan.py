@@ -121,14 +121,16 @@ def predict(arch: Arch, step: Step, streamed: int = 0, act_host: bool = False, p
         if total > best["bytes"]:
             best = {"bytes": int(total), "weights": arch.other_bytes + sum(arch.block_bytes[n:]) + flight,
                     "saved": sum(saved[:k]), "grads": sum(grads[k:]), "work": int(work), "at_block": k}
-    head = sum(arch.block_bytes[j] for j in range(min(n, prefetch + 1)))
-    optim = fixed + head + 4 * P + opt_temp
+    kept = sum(arch.block_bytes[j] for j in range(min(n, prefetch + 1)))  # stay into the optimizer step
+    optim = fixed + kept + 4 * P + opt_temp
     if optim > best["bytes"]:
-        best = {"bytes": int(optim), "weights": arch.other_bytes + sum(arch.block_bytes[n:]) + head, "saved": 0,
+        best = {"bytes": int(optim), "weights": arch.other_bytes + sum(arch.block_bytes[n:]) + kept, "saved": 0,
                 "grads": 4 * P, "work": opt_temp, "at_block": -1}
     best["host_bytes"] = sum(arch.block_bytes[:n]) + (sum(L * H * a for _ in range(nb)) if act_host else 0)
     best["pinned_bytes"] = (2 * max(arch.block_bytes[:n]) if n else 0) + (nb * L * H * a if act_host else 0)
-    best["copied_bytes"] = 2 * sum(arch.block_bytes[:n])  # per step: forward + recompute
+    # host -> device per step: forward + recompute, once only for the blocks that stay across a pass boundary
+    head, tail = set(range(prefetch + 1)), set(range(nb - prefetch - 1, nb))
+    best["copied_bytes"] = sum(b * (2 - (j in head) - (j in tail)) for j, b in enumerate(arch.block_bytes[:n]))
     return best
 
 
