@@ -15,6 +15,7 @@ Full-size FLUX.1-Fill (random weights, built on the device; 8192 image tokens + 
 
     python bench/bench_train.py --full-size-cuda [--base-dtype fp8_e4m3fn] [--rank 64]
     python bench/bench_train.py --full-size-cuda --device cpu --depth 1 --depth-single 1 --hidden 256   # dry run
+    python bench/bench_train.py --full-size-cuda --offload --cap-gib 12   # + the offloaded step, card capped
 
 Reports step time, peak memory and MFU = model FLOPs per second / measured bf16 matmul rate
 (model FLOPs = 3 x forward matmul+attention FLOPs, the usual 6 N T convention; the recompute of
@@ -168,15 +169,19 @@ def full_size(args) -> dict:
         opt.zero_grad(set_to_none=True)
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def timed() -> float:
+        step()  # warm-up (and, offloaded, the first copies)
+        sync()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        sync()
+        return (time.perf_counter() - t) / args.steps
+
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step()
-    sync()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    dt = (time.perf_counter() - t) / args.steps
+    dt = timed()
     # forward FLOPs: 2 x (matmul params) x tokens + attention 4 x L^2 x hidden per block
     T, L = (h // 2) * (w // 2), (h // 2) * (w // 2) + args.text_tokens
     blocks = args.depth + args.depth_single
@@ -202,7 +207,55 @@ def full_size(args) -> dict:
         result["mfu"] = 3 * fwd / dt / rate
     else:
         result["peak_rss_mb"] = peak_rss_mb()
+    if args.offload:
+        result["offload"] = offloaded(args, model, dit, timed, dev, compute, h, w)
+        result["offload"]["vs_resident"] = result["offload"]["s_per_step"] / dt
     return result
+
+
+def offloaded(args, model, dit, timed, dev, compute, h: int, w: int) -> dict:
+    """The same step with trainer.offload, the card capped at ``--cap-gib`` (CUDA): the plan offload.auto
+    makes for that budget from the model's shapes, the streamed blocks moved to pageable host memory (as
+    the memory map of a real run), then s/step, max_memory_allocated, host RSS and the bytes moved."""
+    import torch
+
+    from trainer import offload, offload_plan
+    from trainer.config import load_config
+
+    cfg = load_config(data={"model": {"dit": "random", "base_dtype": args.base_dtype},
+                            "lora": {"rank": args.rank, "alpha": float(args.rank)}, "data": {"manifest": "none"},
+                            "train": {"optimizer": "adamw", "mixed_precision": "bf16" if dev.type == "cuda" else "no"}})
+    shapes = {k: tuple(v.shape) for k, v in dit.state_dict().items()}
+    itemsize = next(dit.double_blocks.parameters()).element_size()
+    arch = offload_plan.Arch.from_shapes(shapes, itemsize, cfg)
+    step = offload_plan.Step((h // 2) * (w // 2), args.text_tokens, 1, 2 if compute == torch.bfloat16 else 4,
+                             args.base_dtype == "fp8_e4m3fn", "adamw", itemsize)
+    if dev.type == "cuda":
+        total = torch.cuda.get_device_properties(dev).total_memory / 2**30
+        picked = offload_plan.choose(arch, step, args.cap_gib, args.prefetch)
+        if picked is None:
+            return {"error": f"no offload setting fits {args.cap_gib:.2f} GiB"}
+        n, act, predicted = picked
+    else:  # the CPU dry run: every path (every block streamed, block inputs on the host)
+        n, act = len(arch.block_bytes), True
+        predicted = offload_plan.with_margin(offload_plan.predict(arch, step, n, act, args.prefetch)["bytes"]) / 2**30
+    for _, blk in offload.blocks_of(dit)[:n]:
+        blk.to("cpu")  # pageable host memory, like the memory-mapped file of a real run
+    streamer = offload.attach(model, n, act, dev, args.prefetch)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gib / total), dev)
+        torch.cuda.reset_peak_memory_stats()
+    before = streamer.bytes_moved if streamer else 0
+    dt = timed()
+    out = {"s_per_step": dt, "blocks_streamed": n, "blocks": len(arch.block_bytes), "activations_on_host": act,
+           "prefetch": args.prefetch, "predicted_peak_gib_margin": predicted, "peak_rss_mb": peak_rss_mb(),
+           "h2d_gib_per_step": ((streamer.bytes_moved if streamer else 0) - before) / (args.steps + 1) / 2**30}
+    if dev.type == "cuda":
+        out.update(cap_gib=args.cap_gib, peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
+                   reserved_gib=torch.cuda.max_memory_reserved() / 2**30)
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
+    return out
 
 
 def main() -> int:
@@ -223,6 +276,10 @@ def main() -> int:
     p.add_argument("--width", type=int, default=2048)
     p.add_argument("--text-tokens", type=int, default=512)
     p.add_argument("--base-dtype", default="fp8_e4m3fn", choices=["bf16", "fp8_e4m3fn", "fp32"])
+    p.add_argument("--offload", action="store_true",
+                   help="then the same step with trainer.offload, the card capped at --cap-gib (offload.auto's plan)")
+    p.add_argument("--cap-gib", type=float, default=12.0)
+    p.add_argument("--prefetch", type=int, default=1)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING if args.child else logging.INFO, format="%(message)s")
     if args.hidden is None and not args.full_size_cuda:

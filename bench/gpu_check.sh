@@ -9,6 +9,9 @@
 #   1. simulation of the same rows on the CPU (bench/simulate_full_size.py, in the background);
 #   2. one full-size LoRA step at 8192 image tokens, rank 64, fp32 AdamW, fp8 base and bf16 base
 #      (bench/bench_train.py --full-size-cuda): s/step, max_memory_allocated, MFU on the measured bf16 rate;
+#      in the fp8 run, then the same step offloaded (trainer.offload, offload.auto's plan for a card capped at
+#      12 GiB with torch.cuda.set_per_process_memory_fraction): s/step against the resident step of the same
+#      run (goal <= 1.15x on an H100), max_memory_allocated, host RSS;
 #   3. the full-size inference ratio, ACE++ nodes / stock Fill graph (bench/bench_inference.py --full-size-cuda);
 #   4. the trainer's dtype paths, sample rendering included, run (not only collected) in both modes:
 #      tests/test_trainer_run.py::test_mixed_precision_and_fp8_base (bf16 autocast, fp8 base, both) and
@@ -60,8 +63,10 @@ SIM_ROWS="lora_r64_fp8_adamw32_${TOKENS},lora_r64_bf16_adamw32_${TOKENS}"
 SIM_PID=$!
 
 for base in fp8_e4m3fn bf16; do
+  OFFLOAD=()
+  [[ $base == fp8_e4m3fn ]] && OFFLOAD=(--offload --cap-gib 12)
   timeout $LIMIT "$PY" bench/bench_train.py --full-size-cuda --rank 64 --base-dtype $base "${TRAIN_ARGS[@]}" \
-    >"$OUT/train_$base.log" 2>&1
+    "${OFFLOAD[@]}" >"$OUT/train_$base.log" 2>&1
   echo "train $base: exit $? ($(( $(date +%s) - START )) s)"
 done
 timeout $LIMIT "${INFER_CMD[@]}" >"$OUT/inference.log" 2>&1
@@ -112,6 +117,18 @@ for base, short in (("fp8_e4m3fn", "fp8"), ("bf16", "bf16")):
     rows.append((f"train {base} r64 {r['tokens_image']}+{r['tokens_text']}", f"{r['s_per_step']:.2f}",
                  f"{meas:.2f}" if meas else f"RSS {r.get('peak_rss_mb', 0) / 1024:.2f}",
                  f"{s_live:.2f}" if s_live else "-", ratio, mfu))
+    o = r.get("offload")
+    if o is not None and "s_per_step" in o:
+        cap = f" cap {o['cap_gib']:.0f} GiB" if "cap_gib" in o else ""
+        rows.append((f"train {base} r64 {r['tokens_image']}+{r['tokens_text']} offloaded{cap}",
+                     f"{o['s_per_step']:.2f} ({o['vs_resident']:.2f}x resident; {o['blocks_streamed']}/{o['blocks']} "
+                     f"blocks streamed, block inputs {'host' if o['activations_on_host'] else 'device'}, "
+                     f"{o['h2d_gib_per_step']:.2f} GiB/step to the device)",
+                     f"{o['peak_mem_gib']:.2f}" if "peak_mem_gib" in o else f"RSS {o['peak_rss_mb'] / 1024:.2f}",
+                     f"model {o['predicted_peak_gib_margin']:.2f} (+ margin)",
+                     f"host RSS {o['peak_rss_mb'] / 1024:.1f} GiB", "-"))
+    elif o is not None:
+        rows.append((f"train {base} offloaded", "FAILED: " + o.get("error", "?"), "", "", "", ""))
 inf = {}
 for line in (out / "inference.log").read_text().splitlines() if (out / "inference.log").exists() else []:
     if line.startswith("ratio: "):

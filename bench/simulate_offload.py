@@ -102,6 +102,6 @@ def fmt_offload_row(name: str, r: dict, compute_s: dict[str, float], tags) -> st
             f"{r.get('act_bytes', 0) / GIB:.1f} | {est['H100 SXM']:.2f} | {est['RTX 4090']:.2f} |")
 
 
-OFFLOAD_HEADER = ("| row | tokens (img+txt) | weights (device) | LoRA | grads | optimizer | activations | temporaries | "
-                  "device peak GiB | + margin GiB | host GiB | host->device GiB/step | device->host GiB/step | "
+OFFLOAD_HEADER = ("| row | tokens (img+txt) | weights (device) | LoRA | grads | optimizer | activations | "
+                  "temporaries | device peak GiB | + margin GiB | host GiB | host->device GiB/step | device->host GiB/step | "
                   "est. s/step H100 (PCIe 5.0 ~50 GB/s) | est. s/step 4090 (PCIe 4.0 ~25 GB/s) |")

@@ -2,6 +2,8 @@
 
     dist_worker.py train CONFIG.toml REPORT_DIR   train(), then each rank writes REPORT_DIR/rank<r>.json
                                                   with its parameter shards (what it really holds)
+    dist_worker.py offload CONFIG.toml REPORT_DIR  LoRA steps with the base resident, then streamed
+                                                  ([offload] of the config), in one process group
     dist_worker.py ddp_base CONFIG.toml REPORT_DIR [--stock]
         LoRA under DDP with a different base weight on each rank: one training step, then each rank
         reports checksums of its base and its LoRA. --stock wraps with accelerate only (no ignore
@@ -97,6 +99,53 @@ def ddp_base_mode(toml: str, report_dir: str, stock: bool) -> None:
     _write(report_dir, rank, {**report, "wrappers_at_destroy": WRAPPERS_AT_DESTROY})
 
 
+def offload_mode(toml: str, report_dir: str) -> None:
+    """The same 2 LoRA steps under DDP, base resident and base streamed (config's [offload]), in one
+    process group; each rank reports both LoRAs and where its streamed host weights live."""
+    from accelerate import Accelerator
+
+    from trainer import distributed as D
+    from trainer import offload_plan
+    from trainer.testing import mapped_ranges
+    from trainer.config import load_config
+    from trainer.loop import build_model
+    from trainer.model import check_dit_file
+
+    cfg = load_config(toml)
+    accelerator = Accelerator(cpu=True)
+    rank = accelerator.process_index
+    fit = offload_plan.plan(cfg, check_dit_file(cfg), [], accelerator.device, 8)
+    report = {}
+    for name, plan in (("resident", None), ("streamed", fit)):
+        model = build_model(cfg, accelerator.device, plan, accelerator)
+        wrapped = D.prepare_model(accelerator, model, cfg)[0]
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for lora in model.loras.values():
+            torch.nn.init.normal_(lora.up, std=0.02, generator=torch.Generator().manual_seed(7))
+        g = torch.Generator().manual_seed(rank)  # different data per rank: LoRA grads differ until all-reduced
+        losses = []
+        for _ in range(2):
+            x, s = torch.randn(1, 96, 8, 16, generator=g), torch.tensor([0.4])
+            ctx, pooled = torch.randn(1, 8, 64, generator=g), torch.randn(1, 768, generator=g)
+            loss = (wrapped(x, s, ctx, pooled, 1.0).float() ** 2).mean()
+            accelerator.backward(loss)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        report[name] = {"losses": losses, "lora": [p.detach().double().sum().item() for p in model.loras.parameters()]}
+        if plan is not None:
+            host = [t for rows in model.streamer.entries for _, _, t, _ in rows]
+            files = {Path(ln.split(None, 5)[5].strip()) for ln in Path("/proc/self/maps").read_text().splitlines()
+                     if len(ln.split(None, 5)) == 6 and ln.split(None, 5)[5].endswith(".safetensors")}
+            inside = {str(f): sum(any(lo <= t.data_ptr() < hi for lo, hi in mapped_ranges(f)) for t in host)
+                      for f in files}
+            path = max(inside, key=inside.get)
+            report["mapping"] = {"file": path, "inode": os.stat(path).st_ino, "inside": inside[path], "host": len(host)}
+        del wrapped, model, opt
+    D.shutdown(accelerator)
+    _write(report_dir, rank, report)
+
+
 if __name__ == "__main__":
     import logging
 
@@ -106,5 +155,7 @@ if __name__ == "__main__":
     _count_wrappers_at_destroy()
     if mode == "train":
         train_mode(toml, report)
+    elif mode == "offload":
+        offload_mode(toml, report)
     else:
         ddp_base_mode(toml, report, "--stock" in sys.argv)

@@ -28,6 +28,10 @@ def test_gpu_check_dry_run(tmp_path):
     assert table[0].startswith("| check | s/step or result | measured peak GiB | simulated live peak GiB")
     rows = {ln.split(" | ")[0][2:]: ln for ln in table[1:]}
     assert "train fp8_e4m3fn r64 128+16" in rows and "train bf16 r64 128+16" in rows, rows
+    # the offloaded step of the same fp8 run (trainer.offload, streamed on the CPU as it would be on a GPU)
+    offloaded = rows["train fp8_e4m3fn r64 128+16 offloaded"].split(" | ")
+    assert re.match(r"[\d.]+ \([\d.]+x resident; 2/2 blocks streamed, block inputs host, ",
+                    offloaded[1]), offloaded
     assert "FAILED" not in out, out[-3000:]
     # the simulated rows for the same shapes came out
     assert "lora_r64_fp8_adamw32_128" in out and "lora_r64_bf16_adamw32_128" in out

@@ -75,15 +75,30 @@ def test_lora_ddp_training_releases_its_wrapper_before_the_process_group(comfy_r
     assert [r["wrappers_at_destroy"] for r in reports] == [[0], [0]], "a DDP wrapper outlived the process group"
 
 
-def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
-    """Address ranges of this process that map ``path`` (from /proc/self/maps)."""
-    out = []
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and Path(parts[5].strip()) == path.resolve():
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append((lo, hi))
-    return out
+def test_lora_ddp_streams_the_base_from_one_shared_file(comfy_root, tmp_path):
+    """offload.base_blocks = -1 + block inputs on the host under DDP (2 processes, gloo), bf16 base from an fp32
+    file: rank 0 writes the converted base once into the cache, and both ranks' streamed host weights are
+    views of that one file's memory map (the page cache holds it once per machine, not once per rank).
+    Both ranks train exactly as with the base resident, and stay in sync."""
+    from aceplus_host import cache_dir
+    from trainer import testing
+
+    dit = testing.tiny_flux_file(cache_dir() / "trainer_tiny" / "fill_h256_d3s3.safetensors", depth=3,
+                                 depth_single=3)
+    d = testing.base_config(dit, tmp_path / "vae", tmp_path / "m.jsonl", tmp_path / "out",
+                            model={"base_dtype": "bf16"}, offload={"base_blocks": -1, "activations": True})
+    d["cache"] = {"dir": str(tmp_path / "cache")}
+    toml = tmp_path / "offload.toml"
+    toml.write_text(testing.to_toml(d))
+    reports = _worker("offload", toml, tmp_path / "report")
+    for r in reports:
+        assert r["streamed"] == r["resident"]  # losses and LoRA, bit for bit
+        assert r["mapping"]["inside"] == r["mapping"]["host"] > 0, r["mapping"]
+    assert reports[0]["streamed"]["lora"] == reports[1]["streamed"]["lora"]  # all-reduced
+    assert reports[0]["streamed"]["losses"] != reports[1]["streamed"]["losses"]  # each rank its own data
+    a, b = (r["mapping"] for r in reports)
+    converted = list((tmp_path / "cache" / "base").iterdir())
+    assert a["file"] == b["file"] == str(converted[0]) and a["inode"] == b["inode"] and len(converted) == 1
 
 
 @pytest.mark.parametrize("which", ["h256", "tiny_fill"])
@@ -107,7 +122,7 @@ def test_base_is_memory_mapped_and_equals_stock_loader(comfy_root, fixture_paths
     d = testing.base_config(dit, Path("vae"), Path("m.jsonl"), Path("out"), model={"base_dtype": dtype})
     cfg = load_config(data=d)
     base = load_base_model(cfg, torch.device("cpu"))
-    ranges = _mapped_ranges(Path(dit))
+    ranges = testing.mapped_ranges(Path(dit))
     assert ranges, "the DiT file is not memory-mapped at all"
     params = list(base.diffusion_model.named_parameters())
     inside = [n for n, p in params if any(lo <= p.data_ptr() < hi for lo, hi in ranges)]

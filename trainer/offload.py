@@ -342,7 +342,8 @@ def shared_conversion(cfg: Config, is_main: bool, barrier: Callable[[], None]):
         st = src.stat()
         ident = json.dumps([str(src), st.st_size, st.st_mtime_ns, sorted((k, str(d)) for k, d in dtypes.items())])
         dt = sorted({_st_names()[d].lower() for d in dtypes.values()})  # e.g. ["f8_e4m3"], ["bf16", "f32"]
-        path = cache_root(cfg) / "base" / f"{src.stem}-{'-'.join(dt)}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.safetensors"
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+        path = cache_root(cfg) / "base" / f"{src.stem}-{'-'.join(dt)}-{digest}.safetensors"
         if is_main and not path.exists():
             log.info("offload: writing the base in %s once to %s (every process memory-maps it)", dt, path)
             write_converted(path, weights, dtypes, {"aceplus_source": str(src)})

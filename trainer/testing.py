@@ -138,3 +138,14 @@ def to_toml(cfg: dict) -> str:
         lines += [f"{k} = {json.dumps(v)}" for k, v in vals.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
+
+
+def mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process that map ``path`` (from /proc/self/maps; Linux)."""
+    out = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and Path(parts[5].strip()) == Path(path).resolve():
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi))
+    return out
