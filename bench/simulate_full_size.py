@@ -492,7 +492,10 @@ def main(argv=None) -> int:
     p.add_argument("--img-tokens", type=int, default=8192, help="canvas tokens (8192 = 1024 target + 1024 ref)")
     p.add_argument("--txt-tokens", type=int, default=512, help="T5 tokens (512 = the trainer's cache)")
     p.add_argument("--rows", default="", help="comma-separated row names (default: all)")
-    p.add_argument("--no-search", action="store_true", help="skip the largest-canvas search (16 and 24 GB)")
+    p.add_argument("--no-search", action="store_true", help="skip the largest-canvas searches")
+    p.add_argument("--search", choices=["all", "resident", "offload", "none"], default=None,
+                   help="which largest-canvas search: resident (24 and 16 GB), offload (16, 12 and 8 GB, every "
+                        "block streamed + block inputs on the host); default: all without --rows, none with them")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import_comfy_sdpa()
@@ -538,24 +541,24 @@ def main(argv=None) -> int:
         if a in results and b in results:
             log.info("peak ratio %s / %s = %.3f", a, b, results[a]["peak_bytes"] / results[b]["peak_bytes"])
     summary = {name: round(r["peak_gib_margin"], 3) for name, r in results.items()}
-    if not args.no_search and not wanted:
-        base = Spec(name="", depth=args.depth[0], single=args.depth[1], hidden=args.hidden, heads=heads)
-        for rank in (16, 64):
-            known: dict[int, float] = {}
-            for budget in (24, 16):
-                tokens, peak, known = largest_canvas(replace(base, rank=rank), budget, known)
-                log.info("largest canvas, LoRA rank %d, fp8 base, 8-bit AdamW, %d GB card: %d image tokens "
-                         "(%.2f GiB with margin)", rank, budget, tokens, peak)
-                summary[f"max_tokens_r{rank}_fp8_{budget}gb"] = tokens
-        for rank in (16, 64):  # every block streamed, block inputs in host memory
-            known = {}
-            for budget in (16, 12, 8):
-                tokens, peak, known = largest_canvas(replace(base, rank=rank, offload_blocks=-1, offload_act=True),
-                                                     budget, known, cap=SEARCH_CAP)
-                log.info("largest canvas, LoRA rank %d, fp8 base streamed + block inputs on the host, 8-bit AdamW, "
-                         "%d GB card: %s image tokens (%.2f GiB with margin)", rank, budget,
-                         f">= {tokens}" if tokens == SEARCH_CAP else tokens, peak)
-                summary[f"max_tokens_r{rank}_fp8_offload_{budget}gb"] = tokens
+    search = "none" if args.no_search else args.search or ("none" if wanted else "all")
+    base = Spec(name="", depth=args.depth[0], single=args.depth[1], hidden=args.hidden, heads=heads)
+    for rank in (16, 64) if search in ("all", "resident") else ():
+        known: dict[int, float] = {}
+        for budget in (24, 16):
+            tokens, peak, known = largest_canvas(replace(base, rank=rank), budget, known)
+            log.info("largest canvas, LoRA rank %d, fp8 base, 8-bit AdamW, %d GB card: %d image tokens "
+                     "(%.2f GiB with margin)", rank, budget, tokens, peak)
+            summary[f"max_tokens_r{rank}_fp8_{budget}gb"] = tokens
+    for rank in (16, 64) if search in ("all", "offload") else ():  # every block streamed, block inputs on the host
+        known = {}
+        for budget in (16, 12, 8):
+            tokens, peak, known = largest_canvas(replace(base, rank=rank, offload_blocks=-1, offload_act=True),
+                                                 budget, known, cap=SEARCH_CAP)
+            log.info("largest canvas, LoRA rank %d, fp8 base streamed + block inputs on the host, 8-bit AdamW, "
+                     "%d GB card: %s image tokens (%.2f GiB with margin)", rank, budget,
+                     f">= {tokens}" if tokens == SEARCH_CAP else tokens, peak)
+            summary[f"max_tokens_r{rank}_fp8_offload_{budget}gb"] = tokens
     log.info("MFU/time columns are estimates: FLOPs counted by FlopCounterMode (incl. checkpoint recompute) / "
              "(published dense bf16 peak x assumed MFU %.0f%%)", 100 * ASSUMED_MFU)
     sys.stdout.write(json.dumps(summary) + "\n")
