@@ -55,8 +55,8 @@ for _p in (ROOT, ROOT / "bench"):  # the trainer; simulate_fsdp (the FSDP row) n
         sys.path.insert(0, str(_p))
 
 from live_bytes import Adam8bitStates, LiveBytes  # noqa: E402  (bench/, on sys.path above)
-from simulate_offload import (OFFLOAD_HEADER, attach_offload, fmt_offload_row, offload_specs,  # noqa: E402
-                              transfer_counters)
+from simulate_offload import (OFFLOAD_HEADER, attach_offload, fmt_guidance, fmt_offload_row,  # noqa: E402
+                              guidance, offload_specs, transfer_counters)
 
 log = logging.getLogger("simulate_full_size")
 
@@ -493,6 +493,8 @@ def main(argv=None) -> int:
     p.add_argument("--txt-tokens", type=int, default=512, help="T5 tokens (512 = the trainer's cache)")
     p.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     p.add_argument("--no-search", action="store_true", help="skip the largest-canvas searches")
+    p.add_argument("--guidance", action="store_true",
+                   help="8, 12 and 16 GB cards x rank 16 and 64 at --img-tokens: offload.auto's pick, simulated")
     p.add_argument("--search", choices=["all", "resident", "offload", "none"], default=None,
                    help="which largest-canvas search: resident (24 and 16 GB), offload (16, 12 and 8 GB, every "
                         "block streamed + block inputs on the host); default: all without --rows, none with them")
@@ -559,6 +561,15 @@ def main(argv=None) -> int:
                      "%d GB card: %s image tokens (%.2f GiB with margin)", rank, budget,
                      f">= {tokens}" if tokens == SEARCH_CAP else tokens, peak)
             summary[f"max_tokens_r{rank}_fp8_offload_{budget}gb"] = tokens
+    if args.guidance:
+        log.info("")
+        log.info("| card | LoRA rank | image tokens | offload.auto's pick (fp8 base, 8-bit AdamW, 1 ahead) | "
+                 "model GiB (+ margin) | simulated GiB (+ margin) |")
+        log.info("|---|---|---|---|---|---|")
+        for row in guidance(replace(base, img_tokens=args.img_tokens, txt_tokens=args.txt_tokens), run_step):
+            log.info("%s", fmt_guidance(row, args.depth[0] + args.depth[1]))
+            if row["pick"] is not None:
+                summary[f"guidance_r{row['rank']}_{row['card']}gb"] = round(row["simulated_gib"], 3)
     log.info("MFU/time columns are estimates: FLOPs counted by FlopCounterMode (incl. checkpoint recompute) / "
              "(published dense bf16 peak x assumed MFU %.0f%%)", 100 * ASSUMED_MFU)
     sys.stdout.write(json.dumps(summary) + "\n")

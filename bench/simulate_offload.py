@@ -105,3 +105,42 @@ def fmt_offload_row(name: str, r: dict, compute_s: dict[str, float], tags) -> st
 OFFLOAD_HEADER = ("| row | tokens (img+txt) | weights (device) | LoRA | grads | optimizer | activations | "
                   "temporaries | device peak GiB | + margin GiB | host GiB | host->device GiB/step | device->host GiB/step | "
                   "est. s/step H100 (PCIe 5.0 ~50 GB/s) | est. s/step 4090 (PCIe 4.0 ~25 GB/s) |")
+
+
+def guidance(base, run_step, cards=(8, 12, 16), ranks=(16, 64)) -> list[dict]:
+    """The README's memory-guidance table: for each card and LoRA rank at ``base``'s canvas, the setting
+    ``offload.auto`` picks from the trainer's model (``trainer.offload_plan.choose``), then the same step
+    simulated with that setting (peak with margin): the model's choice checked by the simulation."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import simulate_full_size as S
+    from trainer import offload_plan as P
+
+    with FakeTensorMode():
+        shapes = {k: tuple(v.shape) for k, v in S.build_dit(base).state_dict().items()}
+    rows = []
+    for rank in ranks:
+        spec = replace(base, rank=rank)
+        arch = P.Arch.from_shapes(shapes, P.DTYPE_BYTES[spec.base], S._config(spec))
+        step = P.Step(spec.img_tokens, spec.txt_tokens, 1, 2, spec.base == "fp8_e4m3fn", spec.optim,
+                      P.DTYPE_BYTES[spec.base])
+        for card in cards:
+            pick = P.choose(arch, step, card, spec.prefetch)
+            row = {"card": card, "rank": rank, "tokens": spec.img_tokens, "pick": pick}
+            if pick is not None:
+                r = run_step(replace(spec, offload_blocks=pick[0], offload_act=pick[1]), steps=2, count_flops=False)
+                row["simulated_gib"] = P.with_margin(r["peak_bytes"]) / GIB
+            rows.append(row)
+    return rows
+
+
+def fmt_guidance(row: dict, blocks: int) -> str:
+    if row["pick"] is None:
+        return f"| {row['card']} GB | {row['rank']} | {row['tokens']} | does not fit | - | - |"
+    n, act, model = row["pick"]
+    what = ("nothing offloaded" if not n and not act else
+            f"{'every' if n == blocks else n} block{'s' if n != 1 else ''} streamed" + (", block inputs on the host"
+                                                                                        if act else ""))
+    over = " (over the card)" if row["simulated_gib"] > row["card"] else ""
+    return (f"| {row['card']} GB | {row['rank']} | {row['tokens']} | {what} | {model:.2f} | "
+            f"**{row['simulated_gib']:.2f}**{over} |")
