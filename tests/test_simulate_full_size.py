@@ -29,7 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_TOLERANCE = 0.02
-MODEL_TOLERANCE = 0.04  # trainer.offload_plan's analytic model vs the simulated peak (measured: within 2.4 %)
+MODEL_TOLERANCE = 0.04  # trainer.offload_plan's analytic model vs the simulated peak (measured: -0.7 to +1.8 %)
 
 CHILD = textwrap.dedent('''
     import json, sys
