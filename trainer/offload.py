@@ -96,6 +96,8 @@ class BaseStreamer:
 
     def __init__(self, blocks: list[nn.Module], streamed: int, device: torch.device, prefetch: int = 1,
                  observer: Optional[Callable[[int, list[torch.Tensor]], None]] = None):
+        if device.type == "cuda" and device.index is None:  # the copy thread must not fall back to GPU 0
+            device = torch.device("cuda", torch.cuda.current_device())
         self.blocks, self.device, self.prefetch = blocks, device, prefetch
         self.streamed = set(range(min(streamed, len(blocks))))
         self.observer = observer
@@ -135,7 +137,12 @@ class BaseStreamer:
 
         size = max(sum(_aligned(_nbytes(r[2])) for r in self.entries[k]) for k in self.streamed)
         self.stream = torch.cuda.Stream(self.device)
-        self.slots = [[torch.empty(size, dtype=torch.uint8, pin_memory=True), None] for _ in range(2)]
+        try:
+            self.slots = [[torch.empty(size, dtype=torch.uint8, pin_memory=True), None] for _ in range(2)]
+        except RuntimeError as err:
+            raise ConfigError(f"offload: could not pin {2 * size / 2**30:.2f} GiB of host memory for the two staging "
+                              f"slots of the streamed blocks ({err}). Free host memory or lower offload.base_blocks "
+                              "(the largest streamed block sets the slot size).") from err
         self.next_slot = 0
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="aceplus-offload")
 
@@ -247,12 +254,6 @@ class BaseStreamer:
     def _exit(self, k: int, module, args, out):
         if torch._C._current_graph_task_id() == -1 and k in self.streamed and k not in self.tail:
             self.release(k)  # forward: checkpointing saved none of this block's tensors
-
-    def close(self) -> None:
-        self._sweep(set())
-        if self.worker is not None:
-            self.worker.shutdown(wait=True)
-            self.worker = None
 
 
 class BlockInputsToHost:
@@ -373,9 +374,12 @@ def attach(model, base_blocks: int, activations: bool, device: torch.device, pre
                 child.to(device)
         for _, blk in blocks[n:]:
             blk.to(device)
-        for t in dit._buffers.values():
+        for name, t in list(dit._buffers.items()):  # tensors of the DiT itself (FLUX.1 has none)
             if t is not None:
-                t.data = t.data.to(device)
+                dit._buffers[name] = t.to(device)
+        for name, t in list(dit._parameters.items()):
+            if t is not None:
+                dit._parameters[name] = nn.Parameter(t.to(device), requires_grad=t.requires_grad)
         streamer = BaseStreamer([b for _, b in blocks], n, device, prefetch, observer)
     else:
         dit.to(device)

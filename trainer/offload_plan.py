@@ -249,4 +249,5 @@ def _too_small(arch: Arch, step: Step, budget: float, prefetch: int, where: str,
                f"lora.rank (now {cfg.lora.rank}) or canvas.max_tokens (the largest cached canvas has "
                f"{step.img_tokens} image tokens){''.join(', ' + m for m in more if m)}, or use a larger card")
     raise ConfigError(f"The card is too small for this run: {head} (predicted peak with margin) at {where}, but "
-                      f"{budget:.2f} GiB is available (offload.memory_gib or the card's free memory). Fix: {fix}.")
+                      f"{budget:.2f} GiB is available (offload.memory_gib, else the card's free memory at the start; "
+                      f"the prediction is the simulation's model, margin included). Fix: {fix}.")
