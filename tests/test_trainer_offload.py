@@ -6,7 +6,7 @@ what a GPU run computes is checked here bit for bit:
 - **bit-equal**: a tiny run (3 double + 3 single blocks) with streaming and/or activation offload
   gives exactly the losses, the LoRA after 3 steps, the exported file, the sample image and the
   resumed run of the same run without them; on the fp32 CPU ops, and on the ops ComfyUI builds on
-  CUDA (bf16 without manual cast, fp8 manual-cast to bf16), forced on the CPU;
+  CUDA (bf16 without manual cast, fp8 manual-cast to bf16), forced on the CPU; Fill and FFT (448);
 - **residency**: at most ``prefetch + 1`` streamed blocks have a device copy alive at once (weak
   references on every copy, so what autograd keeps counts too), and no op but the copy itself ever
   reads a host-resident weight;
@@ -122,6 +122,21 @@ def test_streaming_is_bit_equal_on_cuda_ops(env, monkeypatch, base):
     converted = list((env["tmp"] / "cache" / "base").glob("*.safetensors"))
     assert any({"bf16": "-bf16-", "fp8_e4m3fn": "-f8_e4m3-"}[base] in p.name for p in converted), converted
     _equal(_resumed(env, run, f"stream_{base}_resumed", off, **sec), ref)
+
+
+def test_streaming_is_bit_equal_fft(env, monkeypatch):
+    """The 448-channel FFT model (its own tiny 3 + 3 block file), fp8 base on the CUDA ops, every block
+    streamed + block inputs on the host: the same losses, LoRA and export as without offloading."""
+    import comfy.model_management as mm
+
+    from aceplus_host import cache_dir
+    from trainer import testing
+
+    monkeypatch.setattr(mm, "unet_manual_cast", _cuda_manual_cast)
+    fft = testing.tiny_flux_file(cache_dir() / "trainer_tiny" / "fft_h256_d3s3.safetensors", kind="fft", depth=3,
+                                 depth_single=3)
+    sec = {"model": {"dit": str(fft), "kind": "fft", "base_dtype": "fp8_e4m3fn"}, "run": {"save_every": 0}}
+    _equal(_train(env, "fft_stream", {"base_blocks": -1, "activations": True}, **sec), _train(env, "fft_ref", **sec))
 
 
 def _tiny_model(env, base="fp32"):
