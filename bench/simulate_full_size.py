@@ -3,6 +3,7 @@
     python bench/simulate_full_size.py                 # every row, full size (19 + 38 blocks, hidden 3072)
     python bench/simulate_full_size.py --depth 1 1     # the same rows at reduced depth (what CI runs)
     python bench/simulate_full_size.py --rows lora_r64_fp8_8192,lora_r16_fp8_8192
+    python bench/simulate_full_size.py --rows lora_r64_fp8_offload_8192 --search offload --guidance
 
 Under ``torch._subclasses.fake_tensor.FakeTensorMode`` every tensor has a shape, a dtype and a storage
 size but no memory. The script builds ComfyUI's ``Flux`` at full size and runs the trainer's own
@@ -12,7 +13,9 @@ pieces on it: ``trainer.model.Trainable`` (LoRA forward hooks, per-block checkpo
 (a ``TorchDispatchMode``) adds each new output storage's ``nbytes()`` when it appears and subtracts
 it through ``weakref.finalize`` when it dies: the peak is the live-tensor peak that
 ``torch.cuda.max_memory_allocated`` reports on a card, before allocator rounding.
-The ``full_ft_fsdp8`` row shards the same step with the trainer's FSDP2 code on a fake 8-rank
+The ``*_offload*`` rows stream the base from host memory with ``trainer.offload`` and count host bytes
+apart (``bench/simulate_offload.py``: also the largest-canvas search with offloading and ``--guidance``,
+offload.auto's pick per card, simulated). The ``full_ft_fsdp8`` row shards the same step with the trainer's FSDP2 code on a fake 8-rank
 process group and reports rank 0 (``bench/simulate_fsdp.py``); DTensors count at their local shard.
 
 Simulation choices that mirror a CUDA run (see docs/full_size_simulation.md in the shared notes):
@@ -55,8 +58,8 @@ for _p in (ROOT, ROOT / "bench"):  # the trainer; simulate_fsdp (the FSDP row) n
         sys.path.insert(0, str(_p))
 
 from live_bytes import Adam8bitStates, LiveBytes  # noqa: E402  (bench/, on sys.path above)
-from simulate_offload import (OFFLOAD_HEADER, attach_offload, fmt_guidance, fmt_offload_row,  # noqa: E402
-                              guidance, offload_specs, transfer_counters)
+from simulate_offload import (attach_offload, offload_search, offload_specs, print_guidance,  # noqa: E402
+                              print_offload_rows, transfer_counters)
 
 log = logging.getLogger("simulate_full_size")
 
@@ -70,7 +73,6 @@ from trainer.offload_plan import MARGIN_FIXED_GIB, MARGIN_FRACTION, with_margin 
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "RTX 4090": 165.2}
 ASSUMED_MFU = 0.40  # for the time estimate: a typical achieved fraction for bf16 DiT training (an assumption)
 TAGS = ("weights", "lora", "grads", "optimizer", "activations", "temporaries")
-SEARCH_CAP = 32768  # largest canvas searched with offloading (4x the paper's 8192 tokens)
 FULL = {"depth": 19, "single": 38, "hidden": 3072, "heads": 24}
 
 
@@ -528,16 +530,7 @@ def main(argv=None) -> int:
     for name, r in results.items():
         if not r.get("offload"):
             log.info("%s", fmt_row(name, r))
-    offloaded = {name: r for name, r in results.items() if r.get("offload")}
-    if offloaded:
-        log.info("")
-        log.info("Offloaded rows (trainer.offload; device and host counted apart; times are ESTIMATES: "
-                 "max(compute at %.0f%% MFU, weight copies on the side stream) + activation copies)",
-                 100 * ASSUMED_MFU)
-        log.info("%s", OFFLOAD_HEADER)
-        log.info("|%s", "---|" * (OFFLOAD_HEADER.count("|") - 1))
-        for name, r in offloaded.items():
-            log.info("%s", fmt_offload_row(name, r, estimates(r["flops"]), TAGS))
+    print_offload_rows(results, estimates, TAGS, ASSUMED_MFU)
     for a, b in (("sample_nodes_bf16", "sample_stock_bf16"), ("sample_nodes_fp8", "sample_stock_fp8")):
         a, b = f"{a}_{args.img_tokens}", f"{b}_{args.img_tokens}"
         if a in results and b in results:
@@ -552,24 +545,11 @@ def main(argv=None) -> int:
             log.info("largest canvas, LoRA rank %d, fp8 base, 8-bit AdamW, %d GB card: %d image tokens "
                      "(%.2f GiB with margin)", rank, budget, tokens, peak)
             summary[f"max_tokens_r{rank}_fp8_{budget}gb"] = tokens
-    for rank in (16, 64) if search in ("all", "offload") else ():  # every block streamed, block inputs on the host
-        known = {}
-        for budget in (16, 12, 8):
-            tokens, peak, known = largest_canvas(replace(base, rank=rank, offload_blocks=-1, offload_act=True),
-                                                 budget, known, cap=SEARCH_CAP)
-            log.info("largest canvas, LoRA rank %d, fp8 base streamed + block inputs on the host, 8-bit AdamW, "
-                     "%d GB card: %s image tokens (%.2f GiB with margin)", rank, budget,
-                     f">= {tokens}" if tokens == SEARCH_CAP else tokens, peak)
-            summary[f"max_tokens_r{rank}_fp8_offload_{budget}gb"] = tokens
+    if search in ("all", "offload"):  # every block streamed, block inputs on the host
+        offload_search(sys.modules[__name__], base, summary)
     if args.guidance:
-        log.info("")
-        log.info("| card | LoRA rank | image tokens | offload.auto's pick (fp8 base, 8-bit AdamW, 1 ahead) | "
-                 "model GiB (+ margin) | simulated GiB (+ margin) |")
-        log.info("|---|---|---|---|---|---|")
-        for row in guidance(replace(base, img_tokens=args.img_tokens, txt_tokens=args.txt_tokens), run_step):
-            log.info("%s", fmt_guidance(row, args.depth[0] + args.depth[1]))
-            if row["pick"] is not None:
-                summary[f"guidance_r{row['rank']}_{row['card']}gb"] = round(row["simulated_gib"], 3)
+        print_guidance(sys.modules[__name__], replace(base, img_tokens=args.img_tokens, txt_tokens=args.txt_tokens),
+                       summary)
     log.info("MFU/time columns are estimates: FLOPs counted by FlopCounterMode (incl. checkpoint recompute) / "
              "(published dense bf16 peak x assumed MFU %.0f%%)", 100 * ASSUMED_MFU)
     sys.stdout.write(json.dumps(summary) + "\n")

@@ -14,13 +14,20 @@ Bytes moved per step (measured on the last step, the steady state) give the time
 streamer prefetches on a side stream; ``save_on_cpu`` copies on the compute stream, so activation
 copies are added, not overlapped. The host-side staging copy (memory map -> pinned slot, on a
 worker thread) is assumed not to be the bottleneck; ``bench/gpu_check.sh`` measures the real step.
+
+Also here: the largest-canvas search with offloading (``--search offload``) and ``--guidance``: for
+8, 12 and 16 GB cards and LoRA rank 16 / 64, the setting ``offload.auto`` picks from the trainer's
+memory model, then simulated (the README's memory-guidance table).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
+log = logging.getLogger("simulate_full_size")
 GIB = 2 ** 30
+SEARCH_CAP = 32768  # largest canvas searched with offloading (4x the paper's 8192 tokens)
 # Practical host-to-device rates for pinned copies (an assumption, ~80 % of the raw link rate):
 # PCIe 4.0 x16 = 16 GT/s x 16 lanes, 128b/130b = 31.5 GB/s per direction (PCI-SIG), ~25 GB/s in
 # practice; PCIe 5.0 x16 = 63 GB/s raw, ~50 GB/s. An RTX 4090 has a PCIe 4.0 x16 link, an H100 SXM
@@ -107,28 +114,67 @@ OFFLOAD_HEADER = ("| row | tokens (img+txt) | weights (device) | LoRA | grads | 
                   "est. s/step H100 (PCIe 5.0 ~50 GB/s) | est. s/step 4090 (PCIe 4.0 ~25 GB/s) |")
 
 
-def guidance(base, run_step, cards=(8, 12, 16), ranks=(16, 64)) -> list[dict]:
+def print_offload_rows(results: dict, estimates, tags, mfu: float) -> None:
+    offloaded = {name: r for name, r in results.items() if r.get("offload")}
+    if not offloaded:
+        return
+    log.info("")
+    log.info("Offloaded rows (trainer.offload; device and host counted apart; times are ESTIMATES: "
+             "max(compute at %.0f%% MFU, weight copies on the side stream) + activation copies)", 100 * mfu)
+    log.info("%s", OFFLOAD_HEADER)
+    log.info("|%s", "---|" * (OFFLOAD_HEADER.count("|") - 1))
+    for name, r in offloaded.items():
+        log.info("%s", fmt_offload_row(name, r, estimates(r["flops"]), tags))
+
+
+def offload_search(sim, base, summary: dict) -> None:
+    """Largest canvas on 16, 12 and 8 GB cards, LoRA rank 16 and 64, every block streamed and the
+    block inputs on the host (``sim``: the simulate_full_size module; its ``largest_canvas``, searched up
+    to ``SEARCH_CAP``)."""
+    for rank in (16, 64):
+        known: dict[int, float] = {}
+        for budget in (16, 12, 8):
+            tokens, peak, known = sim.largest_canvas(replace(base, rank=rank, offload_blocks=-1, offload_act=True),
+                                                 budget, known, cap=SEARCH_CAP)
+            log.info("largest canvas, LoRA rank %d, fp8 base streamed + block inputs on the host, 8-bit AdamW, "
+                     "%d GB card: %s image tokens (%.2f GiB with margin)", rank, budget,
+                     f">= {tokens}" if tokens == SEARCH_CAP else tokens, peak)
+            summary[f"max_tokens_r{rank}_fp8_offload_{budget}gb"] = tokens
+
+
+def print_guidance(sim, base, summary: dict) -> None:
+    log.info("")
+    log.info("| card | LoRA rank | image tokens | offload.auto's pick (fp8 base, 8-bit AdamW, 1 ahead) | "
+             "model GiB (+ margin) | simulated GiB (+ margin) |")
+    log.info("|---|---|---|---|---|---|")
+    for row in guidance(sim, base):
+        log.info("%s", fmt_guidance(row, base.depth + base.single))
+        if row["pick"] is not None:
+            summary[f"guidance_r{row['rank']}_{row['card']}gb"] = round(row["simulated_gib"], 3)
+
+
+def guidance(sim, base, cards=(8, 12, 16), ranks=(16, 64)) -> list[dict]:
     """The README's memory-guidance table: for each card and LoRA rank at ``base``'s canvas, the setting
     ``offload.auto`` picks from the trainer's model (``trainer.offload_plan.choose``), then the same step
     simulated with that setting (peak with margin): the model's choice checked by the simulation."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    import simulate_full_size as S
     from trainer import offload_plan as P
 
     with FakeTensorMode():
-        shapes = {k: tuple(v.shape) for k, v in S.build_dit(base).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in sim.build_dit(base).state_dict().items()}
     rows = []
     for rank in ranks:
         spec = replace(base, rank=rank)
-        arch = P.Arch.from_shapes(shapes, P.DTYPE_BYTES[spec.base], S._config(spec))
+        arch = P.Arch.from_shapes(shapes, P.DTYPE_BYTES[spec.base], sim._config(spec))
         step = P.Step(spec.img_tokens, spec.txt_tokens, 1, 2, spec.base == "fp8_e4m3fn", spec.optim,
                       P.DTYPE_BYTES[spec.base])
         for card in cards:
             pick = P.choose(arch, step, card, spec.prefetch)
             row = {"card": card, "rank": rank, "tokens": spec.img_tokens, "pick": pick}
             if pick is not None:
-                r = run_step(replace(spec, offload_blocks=pick[0], offload_act=pick[1]), steps=2, count_flops=False)
+                r = sim.run_step(replace(spec, offload_blocks=pick[0], offload_act=pick[1]), steps=2,
+                                 count_flops=False)
                 row["simulated_gib"] = P.with_margin(r["peak_bytes"]) / GIB
             rows.append(row)
     return rows
