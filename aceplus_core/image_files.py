@@ -215,11 +215,13 @@ def read_image(path: str) -> LoadedImage:
         info = _info(im)
         int_scale = _int_scale(im)
         frame = ImageOps.exif_transpose(im)  # a transposed copy (or a plain copy without orientation)
-    rgb = _rgb(frame, int_scale)
-    mask = None
-    if info.has_alpha:
-        alpha = frame if "A" in frame.getbands() else frame.convert("RGBA")
-        mask = 1.0 - np.asarray(alpha.getchannel("A")).astype(np.float32) / 255.0
+    with warnings.catch_warnings():  # Pillow's advice for palette transparency given as bytes: that is what we do
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+        rgb = _rgb(frame, int_scale)
+        mask = None
+        if info.has_alpha:
+            alpha = frame if "A" in frame.getbands() else frame.convert("RGBA")
+            mask = 1.0 - np.asarray(alpha.getchannel("A")).astype(np.float32) / 255.0
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).contiguous()
     return LoadedImage(image, None if mask is None else torch.from_numpy(mask)[None, None], info)
 

@@ -207,7 +207,7 @@ class Conditioning(io.ComfyNode):
                 control_image=None) -> io.NodeOutput:
         validation.require_widgets(cls, task=task, repainting_scale=repainting_scale, guidance=guidance,
                                    keep_pixels_rate=keep_pixels_rate)  # values that came through links
-        validation.check_conditioning_inputs(edit_image, mask, reference, more_references, control_image, task)
+        validation.check_conditioning_inputs(edit_image, mask, reference, more_references, control_image)
         kind = model_kind_of(model)
         spec = canvas_spec(repainting_scale, reference_fit, budget_policy, max_tokens, target_tokens, width, height,
                            aspect_mode, release_parity, kind, keep_pixels_rate)

@@ -124,8 +124,9 @@ def check_same_batch(t: torch.Tensor, name: str, batch: int, of: str, node: str)
                          f"(shared by all) or {batch} (one each, in the same order).")
 
 
-def check_conditioning_inputs(edit_image, mask, reference, more_references, control_image, task: str) -> None:
-    """ACE++ Conditioning's tensors, before anything is encoded."""
+def check_conditioning_inputs(edit_image, mask, reference, more_references, control_image) -> None:
+    """ACE++ Conditioning's tensors, before anything is encoded (a control map of another size is resized to the
+    edit image by the preset, as documented)."""
     node = "ACE++ Conditioning"
     if mask is not None and edit_image is None:
         raise ValueError(mask_without_image_message())
@@ -151,10 +152,6 @@ def check_conditioning_inputs(edit_image, mask, reference, more_references, cont
     for name, image in (("reference", reference), ("control_image", control_image)):
         if image is not None and image.ndim == 4:
             check_same_batch(image, name, batch, "edit_image", node)
-    if control_image is not None and task == "control" and tuple(int(s) for s in control_image.shape[-3:-1]) != (h, w):
-        raise ValueError(f"{node}: control_image is {shape_text(control_image)} but edit_image is "
-                         f"{shape_text(edit_image)} (H x W x C); the control map must have the edit image's size. "
-                         f"Resize it with '{UPSCALE}' (crop: disabled) to the edit image's width and height.")
 
 
 def mask_without_image_message() -> str:

@@ -91,10 +91,11 @@ class Case:
     build: Optional[Callable[[], dict]] = field(default=None, compare=False)
     node: str = ""             # the node id the error must name (queue) / the class type (run)
     reason: str = ""           # trainer: the data report's reason
+    gets: str = ""             # README wording when it is not the stage's
 
 
-def _c(id, where, bad, stage, expect, build=None, node="", reason="") -> Case:
-    return Case(id, where, bad, stage, tuple(expect), build, node, reason)
+def _c(id, where, bad, stage, expect, build=None, node="", reason="", gets="") -> Case:
+    return Case(id, where, bad, stage, tuple(expect), build, node, reason, gets)
 
 
 def _cond(**kw) -> Callable[[], dict]:
@@ -210,9 +211,12 @@ SERVER_CASES = [
        _cond(keep_pixels_rate=float("nan")), node="cond"),
     _c("max_tokens_range", COND_NODE, "`max_tokens` out of range (10)", "queue", ["smaller than min of 256"],
        _cond(max_tokens=10), node="cond"),
-    _c("width_type", COND_NODE, "`width` = \"wide\" (not a number)", "queue", ["width", "wide"],
+    _c("width_type", COND_NODE, "`width` = \"wide\" (not a number)", "queue",
+       ["Failed to convert an input value to a INT value", "width, wide"],
        _cond(width="wide"), node="cond"),
-    _c("vae_type", COND_NODE, "a MODEL linked into `vae`", "queue", ["vae", "MODEL"], _cond(vae=["model", 0]),
+    _c("vae_type", COND_NODE, "a MODEL linked into `vae`", "queue",
+       ["Return type mismatch between linked nodes", "vae, received_type(MODEL) mismatch input_type(VAE)"],
+       _cond(vae=["model", 0]),
        node="cond"),
     _c("mask_no_image", COND_NODE, "`mask` connected, `edit_image` not", "queue",
        ["mask is connected but edit_image is not"], _cond(with_edit=False), node="cond"),
@@ -238,10 +242,6 @@ SERVER_CASES = [
                   mask=False), node="ACEPP_Conditioning"),
     _c("control_missing", COND_NODE, "task `control` without `control_image`", "run", ["control image"],
        _cond(task="control"), node="ACEPP_Conditioning"),
-    _c("control_size", COND_NODE, "`control_image` of another size than `edit_image`", "run",
-       ["control_image is 48x48x3 but edit_image is 64x80x3"],
-       _cond_with(lambda g: {"task": "control", "control_image": load(g, "small", SMALL_FILE)}),
-       node="ACEPP_Conditioning"),
     # -- ACE++ Sampler
     _c("sampler_name", SAMP, "unknown `sampler_name`", "queue", [NOT_IN_LIST, "sampler_name: 'euler_fast'"],
        _sampler(sampler_name="euler_fast"), node="samp"),
@@ -250,7 +250,8 @@ SERVER_CASES = [
     _c("cfg_nan", SAMP, "`cfg` = NaN", "queue", ["cfg: nan is not a finite number"], _sampler(cfg=float("nan")),
        node="samp"),
     _c("steps_range", SAMP, "`steps` = 0", "queue", ["smaller than min of 1"], _sampler(steps=0), node="samp"),
-    _c("seed_type", SAMP, "`seed` = \"abc\"", "queue", ["seed", "abc"], _sampler(seed="abc"), node="samp"),
+    _c("seed_type", SAMP, "`seed` = \"abc\"", "queue", ["Failed to convert an input value to a INT value", "seed, abc"],
+       _sampler(seed="abc"), node="samp"),
     _c("latent_other", SAMP, "`latent` of another ACE++ Conditioning than `layout`", "run",
        ["but the ACE++ layout's canvas is", "Connect the latent and layout of the same ACE++ Conditioning"],
        _other_latent, node="ACEPP_Sampler"),
@@ -277,17 +278,48 @@ TRAINER_CASES = [
        reason="too_small"),
     _c("row_bomb", "Trainer manifest", "an image over 64 Mpx, or a decompression bomb", "skip",
        ["the limit is 64 Mpx"], reason="too_large"),
-    _c("row_vanished", "Trainer caching pass", "an image deleted after validation", "skip",
-       ["disappeared after the dataset was validated"], reason="missing"),
+    _c("row_vanished", "Trainer caching pass", "an image deleted (or made unreadable) after validation", "skip",
+       ["disappeared after the dataset was validated"], gets="sample skipped with a warning naming its row and "
+                                                             "reason; training goes on with the rest"),
     _c("torn_entry", "Trainer caching pass", "a cache entry cut short (full disk, killed copy)", "skip",
-       ["is damaged (cut short?); encoding it again"]),
+       ["is damaged (cut short?); encoding it again"], gets="encoded again"),
 ]
 
+def _released(change: Callable[[dict], None]) -> Callable[[], dict]:
+    """A copy of a released graph (tests/released_workflows.py) with one damage."""
+    def build() -> dict:
+        from released_workflows import released_workflows
+
+        wf = released_workflows()["ACE_Plus_LoRA_workflow_reference_editing"]
+        change(wf)
+        return wf
+    return build
+
+
+def _node(wf: dict, kind: str) -> dict:
+    return next(n for n in wf["nodes"] if n["type"] == kind)
+
+
+def _dangling_vae(wf: dict) -> None:
+    cond = _node(wf, "ACEPlusLoraConditioning")
+    next(i for i in cond["inputs"] if i["name"] == "vae")["link"] = 9999
+
+
 CONVERTER_CASES = [
-    _c("graph_damaged", "convert-release", "a damaged graph: a node without `id` or `type`, a dangling or "
-       "duplicated link, a widget of the wrong type, duplicated node ids", "refuse", ["node", "field"]),
-    _c("graph_none", "convert-release", "a body that is not a UI workflow (`null`, a list, an API prompt)", "refuse",
-       ["UI format"]),
+    _c("graph_no_type", "convert-release", "a node without `type`", "refuse", ["has no node type (field 'type'"],
+       _released(lambda wf: _node(wf, "KSampler").pop("type"))),
+    _c("graph_no_id", "convert-release", "a node without `id`", "refuse", ["(VAEDecode) has no field 'id'"],
+       _released(lambda wf: _node(wf, "VAEDecode").pop("id"))),
+    _c("graph_dangling", "convert-release", "an input linked to a link id the graph does not have", "refuse",
+       ["(ACEPlusLoraConditioning): input 'vae' has field 'link' 9999, a link the graph does not have"],
+       _released(_dangling_vae)),
+    _c("graph_widget_type", "convert-release", "a widget value of the wrong type (`steps` = \"many\")", "refuse",
+       ["(KSampler): widget 'steps' is 'many'; it must be an integer"],
+       _released(lambda wf: _node(wf, "KSampler")["widgets_values"].__setitem__(2, "many"))),
+    _c("graph_duplicate_id", "convert-release", "two nodes with the same id", "refuse", ["is used by two nodes"],
+       _released(lambda wf: _node(wf, "VAEDecode").__setitem__("id", _node(wf, "KSampler")["id"]))),
+    _c("graph_none", "convert-release", "a body that is not a UI workflow (`null`, an API prompt)", "refuse",
+       ["not a ComfyUI workflow in the UI format"], lambda: None, gets="HTTP 400 / exit status 1, one line"),
 ]
 
 STAGE_TEXT = {
@@ -299,14 +331,10 @@ STAGE_TEXT = {
 
 
 def readme_table() -> str:
-    """The README table: one line per case, the message fragment the user sees."""
+    """The README table: one line per case, with the fragments of the message the tests check."""
     lines = ["| Where | Bad input | What it gets | The message says |", "|---|---|---|---|"]
     for case in SERVER_CASES + TRAINER_CASES + CONVERTER_CASES:
-        gets = STAGE_TEXT[case.stage]
-        if case.id == "torn_entry":
-            gets = "encoded again"
-        elif case.reason:
-            gets += f" as `{case.reason}`"
-        said = " ... ".join(f"`{e}`" if "`" not in e else e for e in case.expect)
+        gets = case.gets or STAGE_TEXT[case.stage] + (f" as `{case.reason}`" if case.reason else "")
+        said = " ... ".join(f"`{e}`" for e in case.expect)
         lines.append(f"| {case.where} | {case.bad} | {gets} | {said} |")
     return "\n".join(lines)

@@ -95,3 +95,32 @@ def test_the_stock_nodes_the_messages_name_exist_on_this_host(server, pack):
     assert {"Split Image with Alpha", "Convert Mask to Image", "Upscale Image"} <= named
     shown = {info.get("display_name") or key for key, info in server.object_info().items()}
     assert not named - shown, f"messages name nodes this ComfyUI does not have: {sorted(named - shown)}"
+
+
+def test_readme_table_is_the_cases():
+    """README "What bad input gets" is ``bad_input_cases.readme_table()``: every row is a case a test sends."""
+    from bad_input_cases import readme_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert "### What bad input gets" in readme
+    assert readme_table() in readme, "README's 'What bad input gets' table differs from the cases: paste " \
+                                     "`python -c 'import sys; sys.path.insert(0, \"tests\"); from bad_input_cases " \
+                                     "import readme_table; print(readme_table())'`"
+
+
+def test_the_hooks_are_the_ones_comfyui_calls_when_queueing(pack):
+    """ComfyUI runs a V3 node's ``validate_inputs`` only when it overrides ComfyNode's placeholder (both hosts
+    look it up with ``comfy_api.internal.first_real_override``); a hook's defaults keep absent inputs unchecked."""
+    from comfy_api.internal import first_real_override
+
+    nodes = pack.nodes
+    for node in (nodes.loader.Loader, nodes.conditioning.Conditioning, nodes.sampler.Sampler):
+        assert first_real_override(node, "validate_inputs") is not None, node
+    sampler = nodes.sampler.Sampler
+    assert sampler.validate_inputs() is True and sampler.validate_inputs(cfg=1.0, sampler_name="euler") is True
+    assert "not in" in sampler.validate_inputs(scheduler="cosine")
+    with pytest.raises(ValueError, match="cfg: nan is not a finite number"):  # a value that came through a link
+        nodes.validation.require_widgets(sampler, cfg=float("nan"))
+    cond = nodes.conditioning.Conditioning
+    assert cond.validate_inputs(mask=None, edit_image=None) is True  # both linked
+    assert "edit_image is not" in cond.validate_inputs(mask=None)   # mask linked, no edit image
