@@ -124,3 +124,26 @@ def test_the_hooks_are_the_ones_comfyui_calls_when_queueing(pack):
     cond = nodes.conditioning.Conditioning
     assert cond.validate_inputs(mask=None, edit_image=None) is True  # both linked
     assert "edit_image is not" in cond.validate_inputs(mask=None)   # mask linked, no edit image
+
+
+def test_loader_checks_every_file_before_the_model_loads(pack, fixture_paths, tmp_path, monkeypatch):
+    """A LoRA that vanished after the prompt was queued, or a corrupt one, stops ACE++ Loader before the base
+    model (seconds to minutes) is read."""
+    loader, compat = pack.nodes.loader, pack.nodes.compat
+    bad = tmp_path / "half.safetensors"
+    bad.write_bytes(fixture_paths["tiny_lora_r16"].read_bytes()[:100])
+    files = {"tiny_fill.safetensors": fixture_paths["tiny_fill"], "half.safetensors": bad}
+    monkeypatch.setattr(compat, "model_files", lambda folder: [*files, "gone.safetensors"])
+
+    def model_path(folder, name):
+        if name not in files:
+            raise FileNotFoundError(f"Model file {name!r} was not found in ComfyUI's {folder!r} folders")
+        return str(files[name])
+
+    monkeypatch.setattr(compat, "model_path", model_path)
+    monkeypatch.setattr(loader, "load_model", lambda *a: pytest.fail("the model loaded before the LoRAs were checked"))
+    with pytest.raises(FileNotFoundError, match="gone.safetensors"):
+        loader.Loader.execute("tiny_fill.safetensors", "default", lora_1="None", lora_2="gone.safetensors",
+                              strength_2=1.0)
+    with pytest.raises(ValueError, match="half.safetensors is not a readable safetensors file"):
+        loader.Loader.execute("tiny_fill.safetensors", "default", lora_1="half.safetensors", strength_1=0.5)
