@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .workflows import MODE_BYPASS, MODE_NEVER, input_specs
+from .graph_check import graph_problem, unconnected_input, widgets_problem
+from .workflows import MODE_BYPASS, MODE_NEVER, check_value, input_specs, types_match
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ CONTROL_SOURCES = {
                         "community pack comfyui_controlnet_aux (Fannovel16)",
 }
 SAMPLER_WIDGETS = ("seed", "control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise")
+READ_WIDGETS = {**RELEASED_WIDGETS, "KSampler": SAMPLER_WIDGETS, "FluxGuidance": ("guidance",)}  # checked first
 NOTE_TYPE = "MarkdownNote"
+ORIGIN = (0, 0)  # where a replacement goes when the released node has no position
 
 
 class NotAReleasedGraph(ValueError):
@@ -79,6 +82,10 @@ class NotAReleasedGraph(ValueError):
 
 class ConversionError(ValueError):
     """A released ACE++ graph this converter cannot map (the message says what and where)."""
+
+
+class UnexpectedGraph(ConversionError):
+    """A graph the checks let through but the mapping could not follow: a bug of the converter (logged)."""
 
 
 @dataclass
@@ -95,7 +102,8 @@ def load_emitted_nodes() -> dict:
 
 
 def is_released_graph(workflow: dict) -> bool:
-    return any(n.get("type") in RELEASED_TYPES for n in workflow.get("nodes", []))
+    nodes = workflow.get("nodes") if isinstance(workflow, dict) else None
+    return isinstance(nodes, list) and any(isinstance(n, dict) and n.get("type") in RELEASED_TYPES for n in nodes)
 
 
 # -- a small editor over the UI format ------------------------------------------------------------
@@ -115,6 +123,12 @@ class Editor:
             links.append(list(link))
         workflow["links"] = links
         self.nodes = {int(n["id"]): n for n in workflow.get("nodes", [])}
+        starts = {lk[0]: (lk[1], lk[2]) for lk in links}
+        for nid, node in self.nodes.items():  # stale ids in an output's list (LiteGraph keeps them): dropped
+            for slot, out in enumerate(node.get("outputs") or []):
+                if out.get("links"):
+                    out["links"] = [lid for lid in out["links"] if starts.get(lid) == (nid, slot)]
+        self.origin: dict[int, str] = {}  # emitted node id -> the released node it replaces, for messages
 
     # reading
     def link(self, lid: int | None) -> list | None:
@@ -201,6 +215,11 @@ class Editor:
         onode = self.nodes[origin[0]]
         outputs = onode.get("outputs") or []
         ltype = outputs[origin[1]].get("type") if origin[1] < len(outputs) else "*"
+        want = target["inputs"][slot].get("type")
+        if ltype and want and not types_match(ltype, want):
+            raise ConversionError(f"node {origin[0]} ({onode['type']}): output {origin[1]} is a {ltype} but it would "
+                                  f"feed {name!r} ({want}) of {self.origin.get(target_id, target['type'])}; fix the "
+                                  "link in the released graph and convert again")
         lid = self.next_link_id()
         self.wf["links"].append([lid, origin[0], origin[1], target_id, slot, ltype])
         target["inputs"][slot]["link"] = lid
@@ -218,12 +237,17 @@ class Editor:
             if not spec.is_widget:
                 inputs.append({"name": spec.name, "type": spec.type, "link": None} |
                               ({"shape": 7} if not spec.required else {}))
+        source = f"node {keep['id']} ({keep['type']})" if keep and "id" in keep else kind
         for spec in specs:
             if not spec.is_widget:
                 continue
             value = widgets.pop(spec.name, spec.options.get("default"))
             if value is None and spec.combo:
                 value = spec.combo[0]
+            problem = check_value(spec, value) if (spec.combo or spec.type != "COMBO") else (
+                None if isinstance(value, str) and value else f"{value!r} is not a name")  # host lists left empty
+            if problem:
+                raise ConversionError(f"{source}: {spec.name} = {value!r} cannot go into {kind}: {problem}")
             values.append(value)
             inputs.append({"name": spec.name, "type": spec.type, "widget": {"name": spec.name}, "link": None})
             # Helper widgets the front end stores after this one: "control after generate" (fixed) for
@@ -237,6 +261,8 @@ class Editor:
             raise ConversionError(f"{kind} has no widget(s) {sorted(widgets)} in this version of the pack")
         outputs = [{"name": name, "type": typ, "links": []} for name, typ in zip(info["output_name"], info["output"])]
         nid = node_id if node_id is not None else self.next_node_id()
+        if keep and keep.get("type") != kind:
+            self.origin[nid] = source
         node = {"id": nid, "type": kind, "pos": list(pos), "size": list(size), "flags": {}, "order": 0, "mode": 0,
                 "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": kind},
                 "widgets_values": values}
@@ -399,7 +425,7 @@ def _convert_pair(ed: Editor, cond: dict, changes: list[str], notes: list[str]) 
     proc_outs = {slot: ed.consumers(proc["id"], slot) for slot in range(len(proc.get("outputs") or []))}
     old = ed.remove(cond["id"])
     ed.remove(proc["id"])
-    new = ed.add("ACEPP_Conditioning", old["pos"], (340, 560), widgets, node_id=cond["id"], keep=old)
+    new = ed.add("ACEPP_Conditioning", old.get("pos", ORIGIN), (340, 560), widgets, node_id=cond["id"], keep=old)
     for name, src in (("positive", positive), ("negative", sources["negative"]), ("vae", sources["vae"]),
                       ("model", model_src), ("edit_image", edit), ("mask", mask), ("reference", reference)):
         ed.connect(src, new["id"], name)
@@ -448,7 +474,7 @@ def _convert_pair(ed: Editor, cond: dict, changes: list[str], notes: list[str]) 
             ed.remove(diff["id"])
             changes.append(f"node {diff['id']} (DifferentialDiffusion) removed: ACE++ Sampler holds what must not "
                            "change itself")
-        sampler = ed.add("ACEPP_Sampler", ks["pos"], (320, 420),
+        sampler = ed.add("ACEPP_Sampler", ks.get("pos", ORIGIN), (320, 420),
                          {"seed": v["seed"], "steps": v["steps"], "cfg": v["cfg"], "sampler_name": v["sampler_name"],
                           "scheduler": v["scheduler"], "canvas_shift": False}, node_id=ks["id"], keep=ks)
         sampler["widgets_values"][1] = v["control_after_generate"]  # keep fixed / randomize
@@ -469,7 +495,7 @@ def _convert_pair(ed: Editor, cond: dict, changes: list[str], notes: list[str]) 
             canvas_src = ed.source(c, "image")
             users = ed.consumers(c["id"], 0)
             ed.remove(c["id"])
-            back = ed.add("ACEPP_CropBack", c["pos"], (300, 130), node_id=c["id"], keep=c)
+            back = ed.add("ACEPP_CropBack", c.get("pos", ORIGIN), (300, 130), node_id=c["id"], keep=c)
             ed.connect(canvas_src, back["id"], "canvas")
             ed.connect((new["id"], 3), back["id"], "layout")
             for t, name in users:
@@ -484,7 +510,7 @@ def _convert_loaders(ed: Editor, changes: list[str]) -> None:
         users = ed.consumers(node["id"], 0)
         name, dtype = ed.widget(node, "unet_name", ""), ed.widget(node, "weight_dtype", "default")
         old = ed.remove(node["id"])
-        new = ed.add("ACEPP_Loader", old["pos"], (320, 250), {"model_name": name, "weight_dtype": dtype},
+        new = ed.add("ACEPP_Loader", old.get("pos", ORIGIN), (320, 250), {"model_name": name, "weight_dtype": dtype},
                      node_id=old["id"], keep=old)
         for t, inp in users:
             ed.connect((new["id"], 0), t, inp)
@@ -495,7 +521,7 @@ def _convert_mask_previews(ed: Editor, changes: list[str]) -> None:
     for node in [n for n in ed.wf["nodes"] if n["type"] == "MaskPreview+"]:
         src = ed.source(node, "mask")
         old = ed.remove(node["id"])
-        new = ed.add("MaskPreview", old["pos"], old.get("size", (240, 250)), node_id=old["id"], keep=old)
+        new = ed.add("MaskPreview", old.get("pos", ORIGIN), old.get("size", (240, 250)), node_id=old["id"], keep=old)
         ed.connect(src, new["id"], "mask")
         changes.append(f"node {node['id']} (MaskPreview+, a third-party node) -> stock MaskPreview")
 
@@ -528,13 +554,28 @@ def convert(workflow: dict, schemas: dict | None = None) -> Result:
         raise NotAReleasedGraph("this is not a ComfyUI workflow in the UI format (no 'nodes' list); save it from "
                                 "ComfyUI with Workflow > Save (not Export (API))")
     if not is_released_graph(workflow):
-        kinds = sorted({n.get("type") for n in workflow["nodes"]})
+        kinds = sorted({str(n.get("type")) for n in workflow["nodes"] if isinstance(n, dict)})
         raise NotAReleasedGraph(
             f"no released ACE++ node ({', '.join(RELEASED_TYPES)}) in this workflow (it has {len(kinds)} node types: "
-            f"{', '.join(map(str, kinds[:12]))}{', ...' if len(kinds) > 12 else ''}); nothing to convert")
-    if workflow.get("definitions", {}).get("subgraphs"):
+            f"{', '.join(kinds[:12])}{', ...' if len(kinds) > 12 else ''}); nothing to convert")
+    problem = graph_problem(workflow) or widgets_problem(workflow["nodes"], READ_WIDGETS)
+    if problem:
+        raise ConversionError(f"{problem}; the graph is damaged: fix that field (or re-save the workflow from ComfyUI) "
+                              "and convert again")
+    if (workflow.get("definitions") or {}).get("subgraphs"):
         raise ConversionError("subgraphs are not supported by the converter; unpack them (right-click > Unpack "
                               "Subgraph) and convert again")
+    try:
+        return _convert(workflow, schemas)
+    except ConversionError:
+        raise
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:  # a gap in the checks above
+        log.exception("the converter failed on a graph its checks accepted")
+        raise UnexpectedGraph(f"this graph could not be converted ({type(err).__name__}: {err}); it is wired in a way "
+                              "the converter does not know. Please report it with the workflow attached") from err
+
+
+def _convert(workflow: dict, schemas: dict | None) -> Result:
     ed = Editor(copy.deepcopy(workflow), schemas or load_emitted_nodes())
     changes: list[str] = []
     notes: list[str] = []
@@ -547,6 +588,9 @@ def convert(workflow: dict, schemas: dict | None = None) -> Result:
         raise ConversionError(f"node {proc['id']} ({proc['type']}) feeds no ACEPlusLoraConditioning / "
                               "ACEPlusConditioning; connect it as the released workflows do, then convert again")
     _convert_mask_previews(ed, changes)
+    unlinked = unconnected_input(ed.nodes, ed.origin, ed.schemas)
+    if unlinked:
+        raise ConversionError(unlinked)
     extra = "".join(f"\n\n{n}" for n in notes)
     height = 420 + 60 * len(notes)
     ed.note(NOTE_TEXT.format(changes="\n".join(f"- {c}" for c in changes), extra=extra), _note_pos(ed, height),

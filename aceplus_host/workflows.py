@@ -149,7 +149,7 @@ class _Graph:
 
     @classmethod
     def of(cls, workflow: dict) -> "_Graph":
-        if workflow.get("definitions", {}).get("subgraphs"):
+        if (workflow.get("definitions") or {}).get("subgraphs"):
             raise WorkflowError("subgraphs are not supported by this converter; convert them to nodes first")
         nodes = {int(n["id"]): n for n in workflow.get("nodes", [])}
         links = {}
@@ -288,6 +288,8 @@ def check_value(spec: InputSpec, value: Any) -> str | None:
     if spec.type in ("INT", "FLOAT"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"{value!r} is not a finite number"
         if spec.type == "INT" and float(value) != int(value):
             return f"{value!r} is not an integer"
         low, high = spec.options.get("min"), spec.options.get("max")

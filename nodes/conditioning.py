@@ -17,7 +17,7 @@ from comfy_api.v0_0_2 import io
 from ..aceplus_core import (KEEP_PIXELS_RATE, REFERENCE_FITS, TASK_PRESETS, Canvas, CanvasSpec, fft_condition_images,
                            mask_to_b1hw, task_canvas, to_bchw, to_bhwc)
 from ..aceplus_core.layout import POLICIES
-from . import compat
+from . import compat, validation
 from .loader import model_kind
 from .types import Layout, LayoutBundle, ReferenceList, References
 
@@ -189,10 +189,25 @@ class Conditioning(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, task=None, repainting_scale=None, reference_fit=None, budget_policy=None, guidance=None,
+                        aspect_mode=None, keep_pixels_rate=None, mask=validation.ABSENT,
+                        edit_image=validation.ABSENT) -> bool | str:
+        """Before the prompt runs (nodes/validation.py): choices, non-finite floats, and a mask without its image
+        (a linked input arrives here as None, an unconnected one keeps the ABSENT default)."""
+        if mask is not validation.ABSENT and edit_image is validation.ABSENT:
+            return validation.mask_without_image_message()
+        return validation.hook(cls, task=task, repainting_scale=repainting_scale, reference_fit=reference_fit,
+                               budget_policy=budget_policy, guidance=guidance, aspect_mode=aspect_mode,
+                               keep_pixels_rate=keep_pixels_rate)
+
+    @classmethod
     def execute(cls, positive, negative, vae, model, task, repainting_scale, reference_fit, budget_policy, max_tokens,
                 target_tokens, width, height, guidance, aspect_mode, hold_references, release_parity,
                 keep_pixels_rate=KEEP_PIXELS_RATE, edit_image=None, mask=None, reference=None, more_references=None,
                 control_image=None) -> io.NodeOutput:
+        validation.require_widgets(cls, task=task, repainting_scale=repainting_scale, guidance=guidance,
+                                   keep_pixels_rate=keep_pixels_rate)  # values that came through links
+        validation.check_conditioning_inputs(edit_image, mask, reference, more_references, control_image)
         kind = model_kind_of(model)
         spec = canvas_spec(repainting_scale, reference_fit, budget_policy, max_tokens, target_tokens, width, height,
                            aspect_mode, release_parity, kind, keep_pixels_rate)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.v0_0_2 import io
 
 from ..aceplus_core import to_bchw
+from . import validation
 from .sampler import crop_back_inputs, finish
 from .types import Layout, References
 
@@ -34,6 +35,7 @@ class CropBack(io.ComfyNode):
 
     @classmethod
     def execute(cls, canvas, layout, composite, feather) -> io.NodeOutput:
+        validation.check_canvas(canvas, layout, "ACE++ Crop Back")
         return io.NodeOutput(finish(canvas, layout, composite, feather))
 
 
@@ -55,4 +57,5 @@ class AddReference(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, references=None) -> io.NodeOutput:
+        validation.check_image(image, "image", "ACE++ Add Reference")
         return io.NodeOutput(append_reference(image, references))

@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 
 from comfy_api.v0_0_2 import io
 
-from . import compat
+from . import compat, validation
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +154,25 @@ class Loader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name=None, weight_dtype=None, lora_1=None, strength_1=None, lora_2=None,
+                        strength_2=None, lora_3=None, strength_3=None) -> bool | str:
+        """Before the prompt runs: the files are in their folders, the strengths finite (nodes/validation.py)."""
+        return validation.hook(cls, model_name=model_name, weight_dtype=weight_dtype, lora_1=lora_1,
+                               strength_1=strength_1, lora_2=lora_2, strength_2=strength_2, lora_3=lora_3,
+                               strength_3=strength_3)
+
+    @classmethod
     def execute(cls, model_name, weight_dtype, **slots) -> io.NodeOutput:
-        model, kind = load_model(compat.model_path("diffusion_models", model_name), weight_dtype)
+        validation.require_widgets(cls, model_name=model_name, weight_dtype=weight_dtype, **slots)
+        # every file is found and every LoRA header read before the base model loads (seconds to minutes)
+        path = compat.model_path("diffusion_models", model_name)
         loras = []
         for i in range(1, LORA_SLOTS + 1):
             name = slots.get(f"lora_{i}", NO_LORA)
             if name not in (None, NO_LORA):
                 loras.append((name, compat.model_path("loras", name), float(slots.get(f"strength_{i}", 1.0))))
+        for name, lora_path, strength in loras:
+            if strength != 0.0:
+                read_header_ok(lora_path)
+        model, kind = load_model(path, weight_dtype)
         return io.NodeOutput(apply_loras(model, kind, loras))

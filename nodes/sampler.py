@@ -14,7 +14,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..aceplus_core import canvas_mu, crop_back, to_bchw, to_bhwc
-from . import compat
+from . import compat, validation
 from .types import Layout, LayoutBundle
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,15 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cfg=None, sampler_name=None, scheduler=None) -> bool | str:
+        """Before the prompt runs: ComfyUI 0.3.75 would run its first sampler for an unknown name, and NaN passes
+        every host's min/max check (nodes/validation.py)."""
+        return validation.hook(cls, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler)
+
+    @classmethod
     def execute(cls, model, positive, negative, latent, layout, vae, seed, steps, cfg, sampler_name, scheduler,
                 canvas_shift, composite, feather) -> io.NodeOutput:
+        validation.require_widgets(cls, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler)  # linked values
         samples = sample_canvas(model, positive, negative, latent, layout, seed=seed, steps=steps, cfg=cfg,
                                 sampler_name=sampler_name, scheduler=scheduler, canvas_shift=canvas_shift)
         decoded = compat.vae_decode(vae, samples)

@@ -171,3 +171,17 @@ def test_a_graph_without_released_nodes_gets_no_offer_and_stays(page, inputs):  
     page.wait_for_timeout(500)
     assert _state(page) == before
     page.console.take()
+
+
+def test_damaged_graphs_that_convert_load_in_the_front_end(page, inputs):  # noqa: F811
+    """A few conversions of damaged released graphs (tests/test_convert_release_fuzz.py) load in the real front
+    end with every node and link, and the front end turns them into a prompt."""
+    from test_convert_release_fuzz import converted_samples
+
+    for seed, what, wf in converted_samples(4):
+        _load(page, wf)
+        got = page.evaluate(GRAPH_STATE)
+        assert sorted(got["types"]) == sorted([n["id"], n["type"]] for n in wf["nodes"]), (seed, what)
+        assert sorted(got["links"]) == sorted(lk[:5] for lk in wf["links"]), (seed, what)
+        page.evaluate("async () => (await window.app.graphToPrompt()).output")
+        page.console.take()

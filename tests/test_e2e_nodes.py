@@ -254,7 +254,7 @@ def test_bad_input_is_named_and_the_server_keeps_serving(comfy_server, inputs, f
     elif case == "mask_mismatch":
         g["small"] = {"class_type": "LoadImageMask", "inputs": {"image": names["small_mask"], "channel": "red"}}
         add_ace(g, "bad", edit=add_load(g, "edit", names["edit"]), mask=["small", 0])
-        expected = ["mask is (48, 48)", "edit image is (64, 80)"]
+        expected = ["mask is 48x48", "edit_image is 64x80x3 (H x W x C)"]
     elif case == "truncated_safetensors":
         bad = fixture_paths["models"] / "diffusion_models" / "bad_truncated_test.safetensors"
         data = fixture_paths["tiny_fill"].read_bytes()[:1_000_000]

@@ -273,7 +273,7 @@ def test_batch_of_edits_shares_the_references(pack, fill_model, vae):
 
 def test_mask_size_mismatch_and_missing_control_image_are_clear_errors(pack, fill_model, vae):
     image, _, _ = edit_inputs()
-    with pytest.raises(ValueError, match=r"mask is \(48, 48\).*edit image is \(64, 96\)"):
+    with pytest.raises(ValueError, match=r"mask is 48x48 but edit_image is 64x96x3 \(H x W x C\)"):
         run_conditioning(pack, fill_model, vae, image=image, mask=torch.ones(1, 48, 48))
     with pytest.raises(ValueError, match="control image"):
         run_conditioning(pack, fill_model, vae, image=image, task="control")

@@ -85,7 +85,7 @@ def test_empty_dataset_and_corrupt_rows(tr, small, tmp_path, caplog):
     (root / "ref_1.png").unlink()                          # missing
     with caplog.at_level(logging.WARNING), pytest.raises(config.ConfigError, match="has no usable sample"):
         data.load_samples(config.load_config(data=small))
-    assert "train.jsonl:1: target_image" in caplog.text and "cannot be read" in caplog.text
+    assert "train.jsonl:1: target_image" in caplog.text and "is not an image" in caplog.text
     assert "train.jsonl:2: reference 0" in caplog.text and "does not exist" in caplog.text
 
 
@@ -104,12 +104,12 @@ def test_stage_filter_and_csv(tr, small, tmp_path):
 def test_mask_size_mismatch(tr, small, caplog, mode):
     config, data, _, _ = tr
     root = Path(small["data"]["manifest"]).parent
-    Image.new("L", (20, 12), 255).save(root / "mask_0.png")
+    Image.new("L", (40, 24), 255).save(root / "mask_0.png")
     small["data"]["mask_mismatch"] = mode
     with caplog.at_level(logging.INFO):
         samples, report = data.load_samples(config.load_config(data=small))
-    assert "mask" in caplog.text and "(20x12)" not in caplog.text  # sizes are logged as (h, w)
-    assert "(12, 20) but its image is (32, 32)" in caplog.text
+    assert "mask" in caplog.text and "(40x24)" not in caplog.text  # sizes are logged as (h, w)
+    assert "(24, 40) but its image is (32, 32)" in caplog.text
     if mode == "resize":
         assert len(samples) == 2 and report.fixed == {"mask_resized": 1}
         t = data.load_sample_tensors(samples[0])

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from aceplus_host.workflows import MODE_BYPASS, MODE_NEVER, VIRTUAL_TYPES, replace_values, ui_to_api
 
@@ -85,14 +84,15 @@ def for_tiny_models(workflow: dict, object_info: dict) -> dict:
 
 
 def load_rgba(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 H, W, 3; edit mask bool H, W) the way LoadImage reads a file: mask = alpha 0."""
-    img = Image.open(path)
-    rgb = np.asarray(img.convert("RGB"))
-    if "A" in img.getbands():
-        mask = np.asarray(img.getchannel("A")) < 128  # LoadImage: mask = 1 - alpha
-    else:
-        mask = np.zeros(rgb.shape[:2], dtype=bool)
-    return rgb, mask
+    """(RGB uint8 H, W, 3; edit mask bool H, W) the way LoadImage reads a file (the project's one reader,
+    ``aceplus_core.image_files``): mask = 1 - alpha, binarised at > 0.5 as the canvas does."""
+    from aceplus_core.image_files import read_image
+
+    loaded = read_image(path)
+    rgb = (loaded.image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    if loaded.mask is None:
+        return rgb, np.zeros(rgb.shape[:2], dtype=bool)
+    return rgb, loaded.mask[0, 0].numpy() > 0.5
 
 
 def linked_source(workflow: dict, node_id: int, input_name: str) -> tuple[dict, int] | None:

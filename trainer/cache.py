@@ -11,7 +11,10 @@ Training then holds only the DiT (no VAE, no 9.5 GB of T5). One file per (sample
 
 and the canvas layout as JSON metadata. The key hashes everything that changes the content
 (sample paths + mtimes, canvas options, VAE/TE identity, variant), so an edited dataset or
-option re-encodes only what changed.
+option re-encodes only what changed. An entry that cannot be opened (torn: a full disk, a copy cut
+short) is encoded again. A sample whose image disappeared or changed into something unreadable
+after validation is skipped with its row and reason (a ``<key>.skip`` note beside the entries tells
+every process), instead of failing later.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import Config, ConfigError
-from .data import Sample, load_sample_tensors
+from .data import Sample, SampleUnreadable, load_sample_tensors
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ def entry_key(cfg: Config, s: Sample, variant: int) -> str:
     ident = {
         "files": [_stat(p) for p in (s.target_image, s.edit_image, s.edit_mask, *s.references) if p],
         "prompt": s.prompt, "canvas": dataclasses.asdict(cfg.canvas), "kind": cfg.model.kind,
-        "vae": ident_of(cfg.model.vae), "te": te, "variant": variant, "seed": cfg.run.seed, "v": 1,
+        "vae": ident_of(cfg.model.vae), "te": te, "variant": variant, "seed": cfg.run.seed, "v": 2,
     }
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -225,37 +228,83 @@ def encode_sample(enc: Encoders, cfg: Config, s: Sample, variant: int) -> tuple[
     return tensors, {"layout": json.dumps(layout), "row": str(s.row)}
 
 
-def run_cache_pass(cfg: Config, samples: list[Sample], dit_shapes: dict, is_main: bool = True) -> list[dict]:
-    """Encode what is missing; returns the index: [{key, sample, variant, h, w}] (h, w: canvas px)."""
+def entry_readable(path: Path) -> bool:
+    """True when ``path`` is a complete entry (safetensors checks that the header covers the whole file)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return "layout" in (f.metadata() or {})
+    except (OSError, SafetensorError):
+        return False
+
+
+def _sample_keys(cfg: Config, samples: list[Sample]) -> tuple[list[tuple[int, int, str]], dict[int, str]]:
+    """Entry keys of every (sample, variant); samples whose files vanished since validation -> {i: why}."""
+    keys, gone = [], {}
+    for i, s in enumerate(samples):
+        try:
+            keys += [(i, v, entry_key(cfg, s, v)) for v in range(cfg.canvas.variants)]
+        except FileNotFoundError as e:
+            gone[i] = f"{e.filename} disappeared after the dataset was validated"
+    return keys, gone
+
+
+def run_cache_pass(cfg: Config, samples: list[Sample], dit_shapes: dict, is_main: bool = True) -> list[tuple]:
+    """Encode what is missing (or torn); returns the keys [(sample, variant, key)] for ``read_index``."""
     root = cache_root(cfg)
-    keys = [(i, v, entry_key(cfg, s, v)) for i, s in enumerate(samples) for v in range(cfg.canvas.variants)]
-    todo = [(i, v, k) for i, v, k in keys if not (root / f"{k}.safetensors").exists()]
-    if todo and is_main:
+    keys, gone = _sample_keys(cfg, samples)
+    if not is_main:
+        return keys
+    for i, why in gone.items():
+        log.warning("row %d: %s; sample skipped (missing)", samples[i].row, why)
+    todo = []
+    for i, v, k in keys:
+        path = root / f"{k}.safetensors"
+        if path.exists() and not entry_readable(path):
+            log.warning("cache entry %s (row %d) is damaged (cut short?); encoding it again", path.name,
+                        samples[i].row)
+            path.unlink()
+        if not path.exists():
+            todo.append((i, v, k))
+    if todo:
         from tqdm.auto import tqdm
 
         root.mkdir(parents=True, exist_ok=True)
         log.info("caching %d of %d entries into %s", len(todo), len(keys), root)
         enc = Encoders(cfg, dit_shapes)
         for i, v, k in tqdm(todo, desc="cache", unit="entry", dynamic_ncols=True):
-            tensors, meta = encode_sample(enc, cfg, samples[i], v)
+            skip_note = root / f"{k}.skip"
+            try:
+                tensors, meta = encode_sample(enc, cfg, samples[i], v)
+            except SampleUnreadable as e:
+                log.warning("%s; sample skipped (%s)", e, e.reason)
+                skip_note.write_text(json.dumps({"row": e.row, "reason": e.reason, "message": str(e)}))
+                continue
             tmp = root / f".{k}.tmp"
             save_file(tensors, str(tmp), metadata=meta)
             os.replace(tmp, root / f"{k}.safetensors")  # atomic: a killed pass leaves no torn entry
+            skip_note.unlink(missing_ok=True)
         del enc
     return keys
 
 
 def read_index(cfg: Config, keys: list[tuple[int, int, str]]) -> list[dict]:
+    """The entries of ``keys``; those the caching pass skipped (a ``.skip`` note) are left out."""
     root = cache_root(cfg)
-    index = []
+    index, skipped = [], 0
     for i, v, k in keys:
         path = root / f"{k}.safetensors"
         if not path.exists():
+            if (root / f"{k}.skip").exists():
+                skipped += 1
+                continue
             raise ConfigError(f"cache entry {path} is missing; run the caching pass (it runs on the main process).")
         with safe_open(str(path), "pt") as f:
             layout = json.loads(f.metadata()["layout"])
         index.append({"key": k, "sample": i, "variant": v, "h": layout["canvas_h"], "w": layout["canvas_w"],
                       "path": str(path)})
+    if not index:
+        raise ConfigError(f"No cache entry could be made ({skipped} skipped: their images disappeared or changed "
+                          "after validation; see the warnings above). Restore the images and run again.")
     return index
 
 

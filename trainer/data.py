@@ -3,14 +3,20 @@
 Release CSV: one sample per line, fields separated by ``#;#``:
 ``edit_image#;#edit_mask#;#ref_image#;#target_image#;#prompt#;#data_type`` (a header line with
 those names is optional). Any field but ``target_image`` may be empty: no edit image = pure
-reference generation (grey canvas, full mask), no mask = full mask.
+reference generation (grey canvas, full mask), no mask = full mask (or the edit image's alpha).
 
 JSONL: one object per line with the same names, and ``references``: a list of any length
 (``ref_image`` is accepted as a one-element list).
 
-Validation happens once, before training: unreadable images are logged with their row and
-skipped, a mask whose size differs from its edit image is resized or skipped (logged), and an
-empty result raises before any model is loaded.
+Manifests are UTF-8 with or without a BOM, with LF or CRLF line ends; paths may hold spaces and
+any unicode. Images are read by ``aceplus_core.image_files``, the way ComfyUI's LoadImage reads them
+(EXIF orientation, ``1 - alpha`` as the mask, 16-bit by its range). An edit image with alpha and no
+mask file is masked by its alpha, as in ComfyUI; a mask file wins over the alpha.
+
+Validation happens once, before training: a row with an image that cannot be used (missing,
+zero-byte, truncated, not an image, a side under 16 px, over the pixel limit) is skipped and
+counted once with its row number and reason; a mask whose size differs from its edit image is
+resized or skipped (logged), and an empty result raises before any model is loaded.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
-from PIL import Image
+
+from aceplus_core.image_files import ImageFileError, describe_reason, luminance, probe_image, read_image
 
 from .config import Config, ConfigError
 
@@ -43,6 +49,7 @@ class Sample:
     references: tuple[str, ...] = ()
     data_type: str = ""
     fixes: tuple[str, ...] = field(default=(), compare=False)  # e.g. ("mask_resized",)
+    alpha_mask: bool = False      # no mask file: the edit image's alpha is the mask (1 - alpha, as LoadImage)
 
 
 @dataclass
@@ -51,20 +58,42 @@ class DataReport:
     filtered: int = 0              # dropped by the data_type stage filter
     skipped: dict = field(default_factory=dict)  # reason -> count
     fixed: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)    # e.g. {"mask_from_alpha": 3}: how rows were read, not errors
+    skipped_rows: list = field(default_factory=list)  # (row, reason, message): each skipped row once
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, row: int = 0, message: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.skipped_rows.append((row, reason, message))
+
+    def note(self, what: str) -> None:
+        self.notes[what] = self.notes.get(what, 0) + 1
 
     def summary(self) -> str:
+        rows = {}
+        for row, reason, _ in self.skipped_rows:
+            rows.setdefault(reason, []).append(row)
+        where = "; ".join(f"{reason} rows {_rows(r)}" for reason, r in rows.items())
         return (f"{self.kept} samples kept, {self.filtered} filtered by data_type, "
-                f"skipped {sum(self.skipped.values())} {self.skipped or ''}, fixed {self.fixed or '{}'}")
+                f"skipped {sum(self.skipped.values())} {self.skipped or ''}{f' ({where})' if where else ''}, "
+                f"fixed {self.fixed or '{}'}" + (f", {self.notes}" if self.notes else ""))
+
+
+def _rows(rows: list[int], shown: int = 8) -> str:
+    return ", ".join(map(str, rows[:shown])) + (f" and {len(rows) - shown} more" if len(rows) > shown else "")
 
 
 def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
     if fmt == "auto":
         fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".json") else "csv"
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:  # utf-8-sig: a BOM (Excel, Notepad) is not part of the first field
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e}); save the manifest as UTF-8.") from e
+    header_seen = False
+    # split on "\n" only (CRLF ends lose their "\r"): str.splitlines would also split a prompt at U+2028 etc.
+    for n, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         if fmt == "jsonl":
@@ -89,7 +118,8 @@ def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
             if len(parts) != len(CSV_FIELDS):
                 raise ConfigError(f"{path}:{n} has {len(parts)} '#;#'-separated fields, expected {len(CSV_FIELDS)} "
                                   f"({CSV_SEP.join(CSV_FIELDS)}).")
-            if n == 1 and parts[0].strip() == "edit_image":
+            if not header_seen and not rows and parts[0].strip() == "edit_image":
+                header_seen = True
                 continue  # header
             rec = dict(zip(CSV_FIELDS, (p.strip() for p in parts)))
             rec["references"] = [rec.pop("ref_image")] if rec.get("ref_image") else []
@@ -99,13 +129,6 @@ def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
 
 def _resolve(root: Path, p: str) -> str:
     return str((root / p) if p and not Path(p).is_absolute() else p) if p else ""
-
-
-def _image_size(path: str) -> tuple[int, int]:
-    """(h, w) after a full decode (catches truncated files, not just bad headers)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.height, im.width
 
 
 def load_samples(cfg: Config) -> tuple[list[Sample], DataReport]:
@@ -124,6 +147,10 @@ def load_samples(cfg: Config) -> tuple[list[Sample], DataReport]:
         if s is not None:
             samples.append(s)
     report.kept = len(samples)
+    both = report.notes.get("mask_file_over_alpha", 0)
+    if both:  # said once for the dataset, not once per row
+        log.info("dataset %s: %d row(s) have an edit_image with alpha AND an edit_mask file; the mask file is used "
+                 "and the alpha ignored (as ComfyUI does when a mask is connected).", path, both)
     log.info("dataset %s: %s", path, report.summary())
     if not samples:
         raise ConfigError(
@@ -137,29 +164,30 @@ def _validate(n: int, rec: dict, root: Path, cfg: Config, report: DataReport) ->
     target = _resolve(root, rec.get("target_image", ""))
     if not target:
         log.warning("%s: no target_image; skipped (every sample needs one)", where)
-        report.skip("no_target")
+        report.skip("no_target", n, "no target_image")
         return None
     edit, mask = _resolve(root, rec.get("edit_image", "")), _resolve(root, rec.get("edit_mask", ""))
     refs = tuple(_resolve(root, r) for r in rec.get("references", []))
-    sizes = {}
+    infos = {}
     for name, p in [("target_image", target), ("edit_image", edit), ("edit_mask", mask)] + [
             (f"reference {i}", r) for i, r in enumerate(refs)]:
         if not p:
             continue
         try:
-            sizes[name] = _image_size(p)
-        except FileNotFoundError:
-            log.warning("%s: %s %s does not exist; sample skipped", where, name, p)
-            report.skip("missing_image")
+            infos[name] = probe_image(p)  # a full decode, size as displayed (EXIF orientation applied)
+        except ImageFileError as e:
+            log.warning("%s: %s %s %s; sample skipped (%s)", where, name, p, e.detail, e.reason)
+            report.skip(e.reason, n, f"{name} {p} {e.detail}")
             return None
-        except Exception as e:  # PIL raises many types for corrupt data
-            log.warning("%s: %s %s cannot be read (%s: %s); sample skipped", where, name, p, type(e).__name__, e)
-            report.skip("corrupt_image")
-            return None
+    sizes = {name: (info.height, info.width) for name, info in infos.items()}
     fixes = []
     if mask and not edit:
         log.info("%s: edit_mask %s is not used without an edit_image (reference generation masks the whole "
                  "target)", where, mask)
+    alpha_mask = False
+    if "edit_image" in infos and infos["edit_image"].has_alpha:
+        alpha_mask = not mask
+        report.note("mask_from_alpha" if alpha_mask else "mask_file_over_alpha")
     base = sizes.get("edit_image", sizes["target_image"])
     if "edit_image" in sizes and sizes["target_image"] != base:
         log.info("%s: target %s differs from edit image %s; the target is resized to the edit image",
@@ -169,7 +197,7 @@ def _validate(n: int, rec: dict, root: Path, cfg: Config, report: DataReport) ->
         if cfg.data.mask_mismatch == "skip":
             log.warning("%s: mask %s is %s but its image is %s; sample skipped (data.mask_mismatch = 'skip')",
                         where, mask, sizes["edit_mask"], base)
-            report.skip("mask_size_mismatch")
+            report.skip("mask_size_mismatch", n, f"mask {sizes['edit_mask']} != image {base}")
             return None
         log.warning("%s: mask %s is %s but its image is %s; mask resized (nearest) to the image "
                     "(data.mask_mismatch = 'resize')", where, mask, sizes["edit_mask"], base)
@@ -177,39 +205,57 @@ def _validate(n: int, rec: dict, root: Path, cfg: Config, report: DataReport) ->
     for f in fixes:
         report.fixed[f] = report.fixed.get(f, 0) + 1
     return Sample(row=n, target_image=target, prompt=rec.get("prompt", "") or "", edit_image=edit, edit_mask=mask,
-                  references=refs, data_type=rec.get("data_type", "") or "", fixes=tuple(fixes))
+                  references=refs, data_type=rec.get("data_type", "") or "", fixes=tuple(fixes),
+                  alpha_mask=alpha_mask)
 
 
-# --- image loading: PIL -> BCHW float tensors in [0, 1] -------------------------------------------
+# --- image loading: aceplus_core.image_files (ComfyUI's LoadImage rules) -> BCHW float tensors -----------
+
+MASK_FILE_THRESHOLD = 128.5 / 255  # the release's "> 128 of 255" on Pillow's rounded luma
+
 
 def load_image(path: str) -> torch.Tensor:
-    """-> 1, 3, H, W float32 in [0, 1]."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+    """-> 1, 3, H, W float32 in [0, 1], as LoadImage's IMAGE (EXIF orientation, 16-bit by range)."""
+    return read_image(path).image
 
 
 def load_mask(path: str, size_hw: tuple[int, int]) -> torch.Tensor:
-    """-> 1, 1, H, W in {0, 1} (release: > 128 of 255 is masked), resized nearest to ``size_hw``."""
-    with Image.open(path) as im:
-        im = im.convert("L")
-        if (im.height, im.width) != tuple(size_hw):
-            im = im.resize((size_hw[1], size_hw[0]), Image.NEAREST)
-        arr = np.asarray(im, dtype=np.uint8) > 128
-    return torch.from_numpy(arr.astype(np.float32))[None, None]
+    """A mask FILE -> 1, 1, H, W in {0, 1} (release: luma > 128 of 255 is masked), resized nearest to ``size_hw``."""
+    hard = (luminance(read_image(path).image) > MASK_FILE_THRESHOLD).float()
+    if tuple(hard.shape[-2:]) != tuple(size_hw):
+        hard = torch.nn.functional.interpolate(hard, size=tuple(size_hw), mode="nearest-exact")
+    return hard
+
+
+class SampleUnreadable(ConfigError):
+    """An image of a sample cannot be read any more (removed or changed after validation)."""
+
+    def __init__(self, s: "Sample", err: ImageFileError):
+        super().__init__(f"row {s.row}: {err} ({describe_reason(err.reason)}); it was readable when the dataset was "
+                         "validated, so it changed or disappeared since")
+        self.row, self.reason = s.row, err.reason
 
 
 def load_sample_tensors(s: Sample) -> dict:
     """The images of one sample as tensors; edit and mask are None without an edit image, mask is None
-    without a mask file (build_canvas then edits everything)."""
-    target = load_image(s.target_image)
-    edit = load_image(s.edit_image) if s.edit_image else None
-    if edit is not None and target.shape[-2:] != edit.shape[-2:]:
-        target = torch.nn.functional.interpolate(target, size=edit.shape[-2:], mode="bilinear", antialias=True,
-                                                 align_corners=False).clamp(0, 1)
-    base_hw = tuple((edit if edit is not None else target).shape[-2:])
-    # No edit image (reference generation): the whole canvas target is generated and there is no mask
-    # to pass (``_validate`` already said once if the row had one).
-    mask = load_mask(s.edit_mask, base_hw) if (s.edit_mask and edit is not None) else None
-    refs = [load_image(r) for r in s.references]
+    without a mask file or alpha (build_canvas then edits everything). SampleUnreadable when a file
+    disappeared or changed since validation."""
+    try:
+        target = load_image(s.target_image)
+        loaded = read_image(s.edit_image) if s.edit_image else None
+        edit = None if loaded is None else loaded.image
+        if edit is not None and target.shape[-2:] != edit.shape[-2:]:
+            target = torch.nn.functional.interpolate(target, size=edit.shape[-2:], mode="bilinear", antialias=True,
+                                                     align_corners=False).clamp(0, 1)
+        base_hw = tuple((edit if edit is not None else target).shape[-2:])
+        # No edit image (reference generation): the whole canvas target is generated and there is no mask
+        # to pass (``_validate`` already said once if the row had one). A mask file wins over the alpha.
+        mask = None
+        if edit is not None and s.edit_mask:
+            mask = load_mask(s.edit_mask, base_hw)
+        elif edit is not None and s.alpha_mask and loaded.mask is not None:
+            mask = loaded.mask  # 1 - alpha, binarised at > 0.5 by the canvas, as the node binarises LoadImage's MASK
+        refs = [load_image(r) for r in s.references]
+    except ImageFileError as e:
+        raise SampleUnreadable(s, e) from e
     return {"edit": edit, "mask": mask, "target": target, "refs": refs}

@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import cache as cache_mod
 from .config import Config
+from .data import SampleUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,17 @@ def render_samples(model, cfg: Config, samples, paths: dict, step: int, accelera
         if not 0 <= i < len(samples):
             log.warning("sample.indices: %d is outside the dataset (%d samples); skipped", i, len(samples))
             continue
+        if (i, 0) not in paths:
+            log.warning("sample.indices: sample %d (row %d) was skipped by the caching pass; not rendered", i,
+                        samples[i].row)
+            continue
         # the cached entry (variant 0) is self-consistent: its condition latent, mask and layout belong to
         # one canvas; with reference_height_jitter that canvas differs from an un-jittered rebuild
-        t, _ = cache_mod.build_sample_canvas(cfg, samples[i], 0, training=False)  # the image + mask it was built from
+        try:
+            t, _ = cache_mod.build_sample_canvas(cfg, samples[i], 0, training=False)  # the image + mask it was built from
+        except SampleUnreadable as e:  # every rank sees the same files: under FSDP all skip it together
+            log.warning("sample.indices: %s; not rendered", e)
+            continue
         entry, layout = cache_mod.load_entry(paths[(i, 0)])
         lat = euler_sample(model, entry["cond"][None], entry["mask"][None], entry["ctx"][None], entry["pooled"][None],
                            layout.tokens, cfg.sample.steps, cfg.sample.guidance, cfg.run.seed, device)

@@ -3,7 +3,8 @@
 ``ACEPPTest_RandomConditioning`` stands in for DualCLIPLoader + CLIPTextEncode: the
 real T5-XXL cannot be shrunk, so the tiny models take a random 64-wide context and a
 768-wide pooled vector, seeded from the prompt text so that equal prompts give equal
-conditioning.
+conditioning. ``ACEPPTest_Image`` makes an IMAGE of any shape (a 1-channel one, which no stock
+node makes), for the bad-input tests.
 """
 
 import zlib
@@ -33,4 +34,20 @@ class RandomConditioning:
         return ([[cond, {"pooled_output": pooled}]],)
 
 
-NODE_CLASS_MAPPINGS = {"ACEPPTest_RandomConditioning": RandomConditioning}
+class AnyImage:
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 64, "min": 1, "max": 4096}
+        return {"required": {"batch": ("INT", {"default": 1, "min": 1, "max": 64}), "height": ("INT", size),
+                             "width": ("INT", size), "channels": ("INT", {"default": 3, "min": 1, "max": 8}),
+                             "value": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, batch, height, width, channels, value):
+        return (torch.full((batch, height, width, channels), float(value)),)
+
+
+NODE_CLASS_MAPPINGS = {"ACEPPTest_RandomConditioning": RandomConditioning, "ACEPPTest_Image": AnyImage}
