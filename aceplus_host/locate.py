@@ -216,8 +216,8 @@ def ensure_frontend(root: Path, version: str | None = None) -> Path:
     found = find_frontend(version)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"could not install {FRONTEND_PACKAGE}=={version} into {target}:\n{done.stderr}\n"
-                           f"Install it yourself (pip install --no-deps --target {target} {FRONTEND_PACKAGE}=={version}) "
-                           "and re-run.")
+                           f"Install it yourself (pip install --no-deps --target {target} "
+                           f"{FRONTEND_PACKAGE}=={version}) and re-run.")
     return found
 
 
