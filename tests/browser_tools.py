@@ -53,10 +53,12 @@ ALL_SCREENSHOTS = UPDATE_SCREENSHOTS or os.environ.get("ACEPP_SCREENSHOTS") == "
 DOCS_RENDERER = "vue"  # the docs show the face that folds the expert inputs away
 MAX_SCREENSHOT_BYTES = 300_000
 
-# Front-end-owned requests that fail offline or on ComfyUI 0.3.75 (by path, on our own server).
+# Front-end-owned requests that fail offline or on ComfyUI 0.3.75 (by path, on our own server): 1.58.1's
+# queue panel polls /api/jobs, which 0.3.75 does not have.
 FRONTEND_OWN_PATHS = (re.compile(r"^/(api/)?userdata(/|\?|$)"), re.compile(r"^/(api/)?user\.css$"),
                       re.compile(r"^/favicon\.ico$"), re.compile(r"^/templates/"),
-                      re.compile(r"^/(api/)?settings/"), re.compile(r"^/(api/)?i18n"))
+                      re.compile(r"^/(api/)?settings/"), re.compile(r"^/(api/)?i18n"),
+                      re.compile(r"^/(api/)?jobs(\?|$)"))
 FRONTEND_OWN_MESSAGES = (re.compile(r"^Error loading core workflow templates"),)
 # Logged by the front end itself while it starts (1.49.6 on ComfyUI 0.33 logs it with every custom node
 # disabled too); allowed during start-up only.
@@ -458,7 +460,8 @@ def screenshot_graph(page, stem: str, renderer: str) -> None:
     png = page.screenshot(clip=clip)
     page.evaluate("() => { app.extensionManager.focusMode = false; }")
     docs = UPDATE_SCREENSHOTS and renderer == DOCS_RENDERER
-    folder = SCREENSHOTS if docs else cache_dir() / "screenshots" / renderer
+    version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+    folder = SCREENSHOTS if docs else cache_dir() / "screenshots" / f"{version}-{renderer}"
     save_screenshot(png, folder / f"{stem}.png")
 
 
