@@ -13,7 +13,9 @@ into the cache folder as ``comfyui-<version>`` and used through ``COMFYUI_PATH``
 
 The front end belongs to the host: ``comfyui-frontend-package`` at the version the host's
 ``requirements.txt`` pins (0.3.75: 1.32.9; 0.33.0: 1.49.6). The installed package is used when its
-version matches, else a copy installed with ``pip --target`` into ``<cache>/frontend/<version>``.
+version matches, else a copy installed with ``pip --target`` into ``<cache>/frontend/<version>``;
+any other version (a newer release to test against) goes there the same way, beside the pin, and
+the environment's own package is never touched.
 """
 
 from __future__ import annotations
@@ -196,22 +198,26 @@ def find_frontend(version: str) -> Path | None:
     return _frontend_static(cache_dir() / "frontend" / version / "comfyui_frontend_package")
 
 
-def ensure_frontend(root: Path) -> Path:
-    """The front end ``root`` pins, installed with ``pip --target`` into the cache unless already at hand."""
-    version = host_frontend_version(root)
+def ensure_frontend(root: Path, version: str | None = None) -> Path:
+    """The front end ``root`` pins (or ``version``), installed with ``pip --target`` into the cache unless at hand.
+
+    Returns its ``static`` folder (ComfyUI's ``--front-end-root``)."""
+    pin = host_frontend_version(root)
+    version = version or pin
     found = find_frontend(version)
     if found:
         return found
     target = cache_dir() / "frontend" / version
-    log.info("installing %s==%s into %s (the front end ComfyUI %s pins)", FRONTEND_PACKAGE, version, target,
-             comfyui_version(root))
+    why = f"the front end ComfyUI {comfyui_version(root)} pins" if version == pin else f"beside the pin {pin}"
+    log.info("installing %s==%s into %s (%s)", FRONTEND_PACKAGE, version, target, why)
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target", str(target),
            f"{FRONTEND_PACKAGE}=={version}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     found = find_frontend(version)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"could not install {FRONTEND_PACKAGE}=={version} into {target}:\n{done.stderr}\n"
-                           f"Install it yourself (pip install {FRONTEND_PACKAGE}=={version}) and re-run.")
+                           f"Install it yourself (pip install --no-deps --target {target} "
+                           f"{FRONTEND_PACKAGE}=={version}) and re-run.")
     return found
 
 

@@ -47,8 +47,10 @@ class ComfyServer:
     """
 
     def __init__(self, base_dir: Path, comfy_dir: Path | None = None, extra_packs: tuple[Path, ...] = (),
-                 cpu: bool = True, start_timeout: float = 180.0, extra_args: tuple[str, ...] = ()):
+                 cpu: bool = True, start_timeout: float = 180.0, extra_args: tuple[str, ...] = (),
+                 frontend_root: Path | None = None):
         self.base_dir = Path(base_dir)
+        self.frontend_root = frontend_root  # a front end's static folder; default $ACEPP_FRONTEND_ROOT or none
         self.comfy_dir = Path(comfy_dir) if comfy_dir else find_comfyui()
         self.extra_packs = extra_packs
         self.cpu = cpu
@@ -66,7 +68,7 @@ class ComfyServer:
         link_pack(custom)
         for pack in self.extra_packs:
             link_pack(custom, name=Path(pack).name, source=Path(pack))
-        frontend = os.environ.get("ACEPP_FRONTEND_ROOT", str(self.base_dir / "frontend"))
+        frontend = str(self.frontend_root or os.environ.get("ACEPP_FRONTEND_ROOT", self.base_dir / "frontend"))
         self.port = free_port()
         cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--base-directory", str(self.base_dir),

@@ -8,6 +8,8 @@ through this module (plus ``comfy_api`` for the schema).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from typing import Any, Callable, Optional
 
@@ -16,6 +18,20 @@ import torch
 log = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+
+
+# ---- node schema ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def advanced() -> dict[str, bool]:
+    """``{"advanced": True}`` for an expert input where the host's V3 schema takes the flag, else ``{}``.
+
+    ComfyUI 0.33's ``io.Input`` has ``advanced=``: the front end folds such widgets behind its "show
+    advanced" control (the inputs, their order and the saved ``widgets_values`` stay the same). ComfyUI
+    0.3.75's has no such parameter; there every input shows, as before. Use as ``**compat.advanced()``.
+    """
+    from comfy_api.v0_0_2 import io
+
+    return {"advanced": True} if "advanced" in inspect.signature(io.Input.__init__).parameters else {}
 
 
 # ---- model folders ----------------------------------------------------------------------------

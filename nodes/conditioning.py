@@ -24,6 +24,9 @@ from .types import Layout, LayoutBundle, ReferenceList, References
 log = logging.getLogger(__name__)
 
 PRESET_SCALE = -1.0  # repainting_scale widget value meaning "the task preset's default"
+# Expert inputs fold behind the front end's "show advanced" where the host supports it (nodes/compat.py); the
+# defaults show: the task, the size or budget and guidance. Input order (= widgets_values order) is unchanged.
+EXPERT = compat.advanced()
 
 
 def canvas_spec(repainting_scale: float, reference_fit: str, budget_policy: str, max_tokens: int, target_tokens: int,
@@ -144,17 +147,17 @@ class Conditioning(io.ComfyNode):
                 io.Float.Input("repainting_scale", default=PRESET_SCALE, min=PRESET_SCALE, max=1.0, step=0.05,
                                tooltip="How much of the masked area is blanked: 1 = all (free repainting), 0 = none "
                                        "(the pasted guide stays visible). -1 = the task's default."),
-                io.Combo.Input("reference_fit", options=list(REFERENCE_FITS), default="pad",
+                io.Combo.Input("reference_fit", options=list(REFERENCE_FITS), default="pad", **EXPERT,
                                tooltip="pad: references keep their aspect at up to 0.8 x the canvas height, padded "
                                        "grey. resize: scaled to the full canvas height."),
-                io.Combo.Input("budget_policy", options=list(POLICIES), default="target_first",
+                io.Combo.Input("budget_policy", options=list(POLICIES), default="target_first", **EXPERT,
                                tooltip="target_first: the edit keeps its resolution (up to target_tokens) and the "
                                        "references share the rest of max_tokens. official: one scale for the whole "
                                        "canvas, as in the release."),
                 io.Int.Input("max_tokens", default=8192, min=256, max=65536, step=256,
                              tooltip="Token budget of the whole canvas (one token = 16x16 px). More = sharper and "
                                      "slower; attention cost grows with its square."),
-                io.Int.Input("target_tokens", default=4096, min=256, max=65536, step=256,
+                io.Int.Input("target_tokens", default=4096, min=256, max=65536, step=256, **EXPERT,
                              tooltip="target_first only: most tokens the edit image gets (4096 = 1024x1024)."),
                 io.Int.Input("width", default=1024, min=16, max=8192, step=16,
                              tooltip="Output width when there is no edit image."),
@@ -162,18 +165,19 @@ class Conditioning(io.ComfyNode):
                              tooltip="Output height when there is no edit image."),
                 io.Float.Input("guidance", default=50.0, min=0.0, max=100.0, step=0.5,
                                tooltip="FLUX guidance embedding; ACE++ and FLUX.1-Fill use 50 (like FluxGuidance)."),
-                io.Combo.Input("aspect_mode", options=["crop", "error"], default="crop",
+                io.Combo.Input("aspect_mode", options=["crop", "error"], default="crop", **EXPERT,
                                tooltip="Images beyond 4:1: crop = centre-crop to 4:1 for the model (the rest is kept "
                                        "from the input); error = stop with a message."),
-                io.Boolean.Input("hold_references", default=True,
+                io.Boolean.Input("hold_references", default=True, **EXPERT,
                                  tooltip="Keep the reference area at the encoded references while sampling (noise "
                                          "mask), instead of letting the model redraw it."),
-                io.Boolean.Input("release_parity", default=False,
+                io.Boolean.Input("release_parity", default=False, **EXPERT,
                                  tooltip="Reproduce the released ACE++ canvas exactly: one budget of max_tokens for "
                                          "the whole canvas (the release's defaults: 6144 Fill, 3072 FFT), resize "
                                          "(Fill) / pad (FFT) fit and the release crop (output smaller than the "
                                          "input). Overrides fit and policy."),
                 io.Float.Input("keep_pixels_rate", default=KEEP_PIXELS_RATE, min=0.0, max=1.0, step=0.01, optional=True,
+                               **EXPERT,
                                tooltip="pad fit: a reference at least this fraction of the canvas height is shrunk "
                                        "to it, a shorter one keeps its pixels (the released FFT processor's "
                                        "keep_pixels_rate; 0.8 there). Used in both budget policies and in release "

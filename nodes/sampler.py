@@ -57,12 +57,16 @@ def finish(decoded_bhwc: torch.Tensor, bundle: LayoutBundle, composite: bool, fe
     return to_bhwc(out)
 
 
-def crop_back_inputs() -> list:
-    """The composite and feather widgets of ACE++ Sampler and ACE++ Crop Back (both feed ``finish``)."""
+def crop_back_inputs(expert: bool = False) -> list:
+    """The composite and feather widgets of ACE++ Sampler and ACE++ Crop Back (both feed ``finish``).
+
+    ``expert``: fold them behind "show advanced" where the host supports it (ACE++ Sampler; on Crop Back
+    they are the only widgets and stay in view)."""
+    flag = compat.advanced() if expert else {}
     return [
-        io.Boolean.Input("composite", default=True,
+        io.Boolean.Input("composite", default=True, **flag,
                          tooltip="Take every pixel outside the mask from the input image, unchanged."),
-        io.Int.Input("feather", default=0, min=0, max=256,
+        io.Int.Input("feather", default=0, min=0, max=256, **flag,
                      tooltip="With composite: fade the edit in over this many px inside the mask edge."),
     ]
 
@@ -94,10 +98,10 @@ class Sampler(io.ComfyNode):
                                tooltip="Sampler; ACE++ uses euler."),
                 io.Combo.Input("scheduler", options=compat.scheduler_names(), default="simple",
                                tooltip="Sigma schedule: simple (FLUX default) or normal (the released graphs)."),
-                io.Boolean.Input("canvas_shift", default=True,
+                io.Boolean.Input("canvas_shift", default=True, **compat.advanced(),
                                  tooltip="Set the FLUX time shift from the canvas token count (ACE++ schedule). "
                                          "Off: keep the model's own sampling (e.g. a ModelSamplingFlux node)."),
-                *crop_back_inputs(),
+                *crop_back_inputs(expert=True),
             ],
             outputs=[
                 io.Image.Output("image", display_name="image", tooltip="The result at the edit image's size."),

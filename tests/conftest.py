@@ -17,6 +17,8 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from aceplus_host import ComfyServer, cache_dir, import_comfy, link_models  # noqa: E402
+# The front-end tests' shared server and browser (session fixtures, so both test_*_frontend modules use one).
+from browser_tools import close_after_last_test, frontend, frontend_server, page, renderer  # noqa: E402, F401
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +57,7 @@ def comfy_server(fixture_paths, comfy_root):
     with server:
         yield server
     log.info("server log: %s", server.log_path)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    close_after_last_test(item, nextitem)  # the browser and its server stop after the last front-end test

@@ -74,8 +74,9 @@ def object_info(server):
 
 def _normalised(info: dict) -> dict:
     """What the converter relies on, the same on every host: newer hosts (0.33) give output nodes such as
-    MaskPreview a pass-through output and spell "no options" as ``{}``. An emitted output node is written
-    without outputs (nothing reads from it), as the workflow builder does."""
+    MaskPreview a pass-through output, spell "no options" as ``{}`` and mark expert inputs ``advanced`` (how
+    the front end shows them, not what the converter writes). An emitted output node is written without
+    outputs (nothing reads from it), as the workflow builder does."""
     output_node = bool(info.get("output_node"))
     info = json.loads(json.dumps({k: info[k] for k in ("input", "input_order", "output", "output_name")}))
     info["input"].pop("hidden", None)
@@ -86,6 +87,7 @@ def _normalised(info: dict) -> dict:
         for name, spec in section.items():
             if len(spec) > 1 and isinstance(spec[1], dict):
                 spec[1].pop("tooltip", None)
+                spec[1].pop("advanced", None)
                 if name in HOST_OPTIONS:
                     spec[1]["options"] = []
                 if not spec[1]:

@@ -229,3 +229,15 @@ def test_the_front_end_comes_from_the_hosts_pin(comfy_root, tmp_path, monkeypatc
     static.mkdir(parents=True)
     (static / "index.html").write_text("<html></html>")
     assert find_frontend("0.0.1") == static
+
+
+def test_another_front_end_version_comes_from_the_cache_beside_the_pin(comfy_root, tmp_path, monkeypatch):
+    """``ensure_frontend(root, version)``: a version other than the pin (ACEPP_FRONTEND_VERSION in the front-end
+    tests) is looked up in ``<cache>/frontend/<version>``, where it is installed with ``pip --target``."""
+    from aceplus_host import ensure_frontend
+
+    monkeypatch.setenv("ACEPP_CACHE", str(tmp_path))
+    static = tmp_path / "frontend" / "0.0.2" / "comfyui_frontend_package" / "static"
+    static.mkdir(parents=True)
+    (static / "index.html").write_text("<html></html>")
+    assert ensure_frontend(comfy_root, "0.0.2") == static

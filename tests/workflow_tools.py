@@ -35,6 +35,15 @@ RELEASED_TO_FIXTURE = {
 REDUX_FILL, REDUX_TEXT_DIM = "tiny_fill_t5.safetensors", 4096
 TEXT_ENCODER_FILES = ("clip_l.safetensors", "t5xxl_fp16.safetensors")
 RELEASED_FILES = tuple(RELEASED_TO_FIXTURE) + TEXT_ENCODER_FILES
+# The ComfyUI model folder of every released file the shipped workflows and the released graphs name.
+RELEASED_FOLDERS = {
+    "flux1-fill-dev.safetensors": "diffusion_models", "ace_plus_fft.safetensors": "diffusion_models",
+    "comfyui_subject_lora16.safetensors": "loras", "comfyui_portrait_lora64.safetensors": "loras",
+    "comfyui_local_lora16.safetensors": "loras", "comfyui_face_lora64.safetensors": "loras",
+    "ae.safetensors": "vae", "flux1-redux-dev.safetensors": "style_models",
+    "sigclip_vision_patch14_384.safetensors": "clip_vision",
+    "clip_l.safetensors": "text_encoders", "t5xxl_fp16.safetensors": "text_encoders",
+}
 
 
 def shipped_workflows() -> dict[str, dict]:
@@ -113,15 +122,5 @@ def chromium_path() -> str | None:
     return None
 
 
-def frontend_root(comfy_root: Path | None = None) -> Path | None:
-    """The static folder of the ``comfyui-frontend-package`` the host pins (its requirements.txt), or None.
-
-    ``python -m aceplus_host bootstrap`` installs it when the environment has another version.
-    """
-    from aceplus_host import find_comfyui, find_frontend, host_frontend_version
-
-    return find_frontend(host_frontend_version(comfy_root or find_comfyui(bootstrap=False)))
-
-
-__all__ = ["VIRTUAL_TYPES", "RELEASED_FILES", "RELEASED_TO_FIXTURE", "active_nodes", "chromium_path", "copy_inputs",
-           "for_tiny_models", "frontend_root", "linked_source", "load_rgba", "shipped_workflows"]
+__all__ = ["VIRTUAL_TYPES", "RELEASED_FILES", "RELEASED_FOLDERS", "RELEASED_TO_FIXTURE", "active_nodes", "chromium_path",
+           "copy_inputs", "for_tiny_models", "linked_source", "load_rgba", "shipped_workflows"]

@@ -47,6 +47,8 @@ FOLDERS = f"""**Model files** (ComfyUI/models/...):
 
 # Helper-widget values the front end stores after some widgets (see aceplus_host.workflows).
 HELPER_DEFAULTS = {"INT": "fixed", "FLOAT": "fixed", "COMBO": "image"}
+# A node's title bar sits above its ``pos``; GAP leaves room for the Vue renderer's "Issues" footer under a node.
+TITLE_HEIGHT, GAP = 30, 40
 
 
 @dataclass
@@ -83,16 +85,24 @@ class Graph:
         return node
 
     def size_of(self, kind: str) -> tuple[float, float]:
+        """Room for every widget in either renderer: the Vue node renderer's rows (about 30 px a widget, 24 a
+        socket row, 40 of padding) are taller than the canvas's (24, 22, 34), and a node never shrinks below
+        its saved size, so the canvas draws the same box. The front-end tests check that no node overlaps."""
         specs = input_specs(self.info[kind])
         sockets = sum(not s.is_widget for s in specs)
-        widgets = len(widget_layout(self.info[kind]))
+        widgets = sum(s.is_widget for s in specs)  # helper widgets (seed control, upload) share a row
         outputs = len(self.info[kind]["output"])
-        height = 34 + 22 * max(sockets, outputs) + 24 * widgets
+        height = 40 + 24 * max(sockets, outputs) + 30 * widgets
         if kind == "LoadImage":
-            height = 330  # room for the preview
+            height = 430  # room for the preview: the Vue renderer of 1.32.9 draws it the node's width high
         if kind == "CLIPTextEncode":
             return (400, 170)
         return (320 if widgets else 240, height)
+
+    @staticmethod
+    def below(node: Node) -> float:
+        """The y of a node placed under ``node`` in the same column: its title bar clears ``node`` by GAP."""
+        return node.pos[1] + node.size[1] + TITLE_HEIGHT + GAP
 
     def connect(self, src: Node, out: int | str, dst: Node, inp: str) -> None:
         outputs = self.info[src.type]["output"]
@@ -179,10 +189,11 @@ def common(g: Graph, prompt: str, model: str = FILL, lora: str | None = SUBJECT_
     if lora:
         loader_widgets.update(lora_1=lora, strength_1=lora_strength)
     loader = g.add("ACEPP_Loader", (X_LOAD, y0), **loader_widgets)
-    clip = g.add("DualCLIPLoader", (X_LOAD, y0 + 290), clip_name1=CLIP_L, clip_name2=T5, type="flux")
-    vae = g.add("VAELoader", (X_LOAD, y0 + 440), vae_name=VAE)
+    clip = g.add("DualCLIPLoader", (X_LOAD, g.below(loader)), clip_name1=CLIP_L, clip_name2=T5, type="flux")
+    vae = g.add("VAELoader", (X_LOAD, g.below(clip)), vae_name=VAE)
     positive = g.add("CLIPTextEncode", (X_TEXT, 0), title="Instruction (positive)", text=prompt)
-    negative = g.add("CLIPTextEncode", (X_TEXT, 200), size=(400, 100), title="Negative (unused at cfg 1)", text="")
+    negative = g.add("CLIPTextEncode", (X_TEXT, g.below(positive)), size=(400, 110), title="Negative (unused at cfg 1)",
+                     text="")
     g.connect(clip, 0, positive, "clip")
     g.connect(clip, 0, negative, "clip")
     return Common(loader, clip, positive, negative, vae)
@@ -216,6 +227,11 @@ def finish(g: Graph, c: Common, name: str, *, edit: Node | None = None, mask: bo
     return save
 
 
+def below_conditioning(g: Graph) -> float:
+    """The y of a node under ACE++ Conditioning (placed at y 0 of its column by ``finish``)."""
+    return g.size_of("ACEPP_Conditioning")[1] + TITLE_HEIGHT + GAP
+
+
 def load_image(g: Graph, file: str, pos, title: str) -> Node:
     return g.add("LoadImage", pos, title=title, image=file)
 
@@ -242,8 +258,8 @@ def start(info: dict, note: tuple[str, str, str, str], prompt: str, note_height:
           **loader) -> tuple[Graph, Common]:
     """A new graph: the "Read me" note (``note_text(*note)``) top left, the shared loaders below it."""
     g = Graph(info)
-    g.note(note_text(*note), (X_LOAD, -40), size=(430, note_height))
-    return g, common(g, prompt, y0=note_height, **loader)
+    readme = g.note(note_text(*note), (X_LOAD, -40), size=(430, note_height))
+    return g, common(g, prompt, y0=g.below(readme), **loader)
 
 
 # -- the workflows -----------------------------------------------------------------------------
@@ -257,9 +273,9 @@ def subject_generation(info: dict) -> dict:
                         models_line(FILL, SUBJECT_LORA),
                         "**Change:** the reference image (your subject, ideally on a plain background), the "
                         "instruction, and width/height."),
-                 "Display this toy robot on a wooden shelf in a sunny children's room, product photo.", 360,
+                 "Display this toy robot on a wooden shelf in a sunny children's room, product photo.", 460,
                  lora=SUBJECT_LORA)
-    ref = load_image(g, "acepp_subject_robot.png", (X_TEXT, 340), "Reference (subject)")
+    ref = load_image(g, "acepp_subject_robot.png", (X_TEXT, g.below(c.negative)), "Reference (subject)")
     finish(g, c, "subject", reference=ref)
     return g.to_ui()
 
@@ -272,8 +288,8 @@ def portrait_generation(info: dict) -> dict:
                         "**Change:** the reference (a clear, front-facing face), the instruction (start with "
                         "\"Maintain the facial features\"), and width/height."),
                  "Maintain the facial features. A photo of this person reading a book in a cosy cafe, warm light.",
-                 360, lora=PORTRAIT_LORA)
-    ref = load_image(g, "acepp_portrait_face.png", (X_TEXT, 340), "Reference (face)")
+                 460, lora=PORTRAIT_LORA)
+    ref = load_image(g, "acepp_portrait_face.png", (X_TEXT, g.below(c.negative)), "Reference (face)")
     finish(g, c, "portrait", reference=ref)
     return g.to_ui()
 
@@ -307,10 +323,10 @@ def reference_editing(info: dict, fft: bool = False, low_vram: bool = False) -> 
     change = ("**Change:** the edit image and its mask (right-click the Load Image node > Open in MaskEditor, "
               "paint where the reference goes), the reference, and the instruction.")
     g, c = start(info, (title, what, models, change), "The logo is printed on the front of the white T-shirt.",
-                 460 if low_vram else 400, model=model, lora=lora,
+                 600 if low_vram else 520, model=model, lora=lora,
                  weight_dtype="fp8_e4m3fn" if low_vram else "default")
-    edit = load_image(g, "acepp_shirt_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
-    ref = load_image(g, "acepp_logo.png", (X_TEXT, 710), "Reference (logo)")
+    edit = load_image(g, "acepp_shirt_edit.png", (X_TEXT, g.below(c.negative)), "Edit image (mask = alpha)")
+    ref = load_image(g, "acepp_logo.png", (X_TEXT, g.below(edit)), "Reference (logo)")
     finish(g, c, "reference_edit_fft" if fft else ("reference_edit_fp8" if low_vram else "reference_edit"),
            edit=edit, reference=ref)
     return g.to_ui()
@@ -340,11 +356,11 @@ def local_editing(info: dict, task: str) -> dict:
                         models_line(FILL, LOCAL_LORA),
                         "**Change:** the edit image and its mask (right-click > Open in MaskEditor), the "
                         "instruction; `task` on ACE++ Conditioning picks the preset (repainting_scale -1 = the "
-                        "preset's own)."), prompt, 400, lora=LOCAL_LORA)
-    edit = load_image(g, "acepp_landscape_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
+                        "preset's own)."), prompt, 540, lora=LOCAL_LORA)
+    edit = load_image(g, "acepp_landscape_edit.png", (X_TEXT, g.below(c.negative)), "Edit image (mask = alpha)")
     control = None
     if task == "control":
-        control = load_image(g, "acepp_control_contours.png", (X_TEXT, 710), "Control image (contours)")
+        control = load_image(g, "acepp_control_contours.png", (X_TEXT, g.below(edit)), "Control image (contours)")
     finish(g, c, f"local_{task}", edit=edit, control=control, task=task)
     return g.to_ui()
 
@@ -357,8 +373,8 @@ def instruction_editing(info: dict) -> dict:
                         models_line(FILL, LOCAL_LORA),
                         "**Change:** the image and the instruction. To protect parts of the image, use a local "
                         "editing workflow with a mask instead."),
-                 "Make it a snowy winter evening, keep the buildings and the car.", 360, lora=LOCAL_LORA)
-    edit = load_image(g, "acepp_street.png", (X_TEXT, 340), "Image to edit")
+                 "Make it a snowy winter evening, keep the buildings and the car.", 460, lora=LOCAL_LORA)
+    edit = load_image(g, "acepp_street.png", (X_TEXT, g.below(c.negative)), "Image to edit")
     finish(g, c, "instruction_edit", edit=edit, mask=False)
     return g.to_ui()
 
@@ -372,12 +388,12 @@ def multi_reference(info: dict) -> dict:
                         models_line(FILL, SUBJECT_LORA),
                         "**Change:** the references (add more with further Add Reference nodes), the instruction "
                         "(name each reference), width/height."),
-                 "The toy robot wears the black top hat and sits in the green armchair.", 400, lora=SUBJECT_LORA)
-    ref1 = load_image(g, "acepp_subject_robot.png", (X_TEXT, 340), "Reference 1 (robot)")
-    ref2 = load_image(g, "acepp_ref_hat.png", (X_TEXT, 710), "Reference 2 (hat)")
-    ref3 = load_image(g, "acepp_ref_armchair.png", (X_TEXT, 1080), "Reference 3 (armchair)")
-    add2 = g.add("ACEPP_AddReference", (X_COND, 760), title="Add Reference 2")
-    add3 = g.add("ACEPP_AddReference", (X_COND, 880), title="Add Reference 3")
+                 "The toy robot wears the black top hat and sits in the green armchair.", 530, lora=SUBJECT_LORA)
+    ref1 = load_image(g, "acepp_subject_robot.png", (X_TEXT, g.below(c.negative)), "Reference 1 (robot)")
+    ref2 = load_image(g, "acepp_ref_hat.png", (X_TEXT, g.below(ref1)), "Reference 2 (hat)")
+    ref3 = load_image(g, "acepp_ref_armchair.png", (X_TEXT, g.below(ref2)), "Reference 3 (armchair)")
+    add2 = g.add("ACEPP_AddReference", (X_COND, below_conditioning(g)), title="Add Reference 2")
+    add3 = g.add("ACEPP_AddReference", (X_COND, g.below(add2)), title="Add Reference 3")
     g.connect(ref2, "IMAGE", add2, "image")
     g.connect(add2, 0, add3, "references")
     g.connect(ref3, "IMAGE", add3, "image")
@@ -386,12 +402,13 @@ def multi_reference(info: dict) -> dict:
 
 
 def redux(g: Graph, c: Common, reference: Node, strength: float, strength_type: str) -> Node:
-    """FLUX Redux style conditioning from ``reference`` on the instruction, with stock nodes (as released)."""
-    style = g.add("StyleModelLoader", (X_TEXT, 1080), style_model_name=REDUX)
-    vision = g.add("CLIPVisionLoader", (X_TEXT, 1200), clip_name=SIGCLIP)
-    encode = g.add("CLIPVisionEncode", (X_COND, 760), crop="center")
-    apply = g.add("StyleModelApply", (X_COND, 880), title="Redux style (on the instruction)", strength=strength,
-                  strength_type=strength_type)
+    """FLUX Redux style conditioning from ``reference`` on the instruction, with stock nodes (as released):
+    the loaders under ``reference`` (the last image of the text column), the rest under the Conditioning."""
+    style = g.add("StyleModelLoader", (X_TEXT, g.below(reference)), style_model_name=REDUX)
+    vision = g.add("CLIPVisionLoader", (X_TEXT, g.below(style)), clip_name=SIGCLIP)
+    encode = g.add("CLIPVisionEncode", (X_COND, below_conditioning(g)), crop="center")
+    apply = g.add("StyleModelApply", (X_COND, g.below(encode)), title="Redux style (on the instruction)",
+                  strength=strength, strength_type=strength_type)
     g.connect(vision, 0, encode, "clip_vision")
     g.connect(reference, "IMAGE", encode, "image")
     g.connect(c.positive, 0, apply, "conditioning")
@@ -413,8 +430,8 @@ def redux_generation(info: dict) -> dict:
                         "**Change:** the reference (a clear face), the instruction, the Redux strength, and "
                         "width/height."),
                  "Maintain the facial features. A photo of this person reading a book in a cosy cafe, warm light.",
-                 440, lora=PORTRAIT_LORA)
-    ref = load_image(g, "acepp_portrait_face.png", (X_TEXT, 340), "Reference (face)")
+                 570, lora=PORTRAIT_LORA)
+    ref = load_image(g, "acepp_portrait_face.png", (X_TEXT, g.below(c.negative)), "Reference (face)")
     apply = redux(g, c, ref, 0.2, "attn_bias")
     finish(g, c, "redux_generation", reference=ref, positive=apply)
     return g.to_ui()
@@ -427,9 +444,9 @@ def redux_editing(info: dict) -> dict:
                         models_line(FILL, SUBJECT_LORA, REDUX, SIGCLIP),
                         "**Change:** the edit image and its mask (right-click the Load Image node > Open in "
                         "MaskEditor), the reference, the instruction and the Redux strength."),
-                 "The logo is printed on the front of the white T-shirt.", 440, lora=SUBJECT_LORA)
-    edit = load_image(g, "acepp_shirt_edit.png", (X_TEXT, 340), "Edit image (mask = alpha)")
-    ref = load_image(g, "acepp_logo.png", (X_TEXT, 710), "Reference (logo)")
+                 "The logo is printed on the front of the white T-shirt.", 570, lora=SUBJECT_LORA)
+    edit = load_image(g, "acepp_shirt_edit.png", (X_TEXT, g.below(c.negative)), "Edit image (mask = alpha)")
+    ref = load_image(g, "acepp_logo.png", (X_TEXT, g.below(edit)), "Reference (logo)")
     apply = redux(g, c, ref, 1.0, "multiply")
     finish(g, c, "redux_edit", edit=edit, reference=ref, positive=apply)
     return g.to_ui()
